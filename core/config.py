@@ -1,0 +1,75 @@
+"""Configuration dataclasses, one per job (trl-style): each field's default is documented in
+its ``help`` metadata, which the CLI turns into ``--flag`` help text and YAML files override.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def longwriter_home() -> Path:
+    """Cache root for converted models and compile caches (``$LONGWRITER_HOME``)."""
+    return Path(os.environ.get("LONGWRITER_HOME", Path.home() / ".cache" / "longwriter")).expanduser()
+
+
+@dataclass
+class EngineConfig:
+    """How to build one generation engine (an in-process vLLM, or an OpenAI-compatible URL)."""
+
+    model: str | None = _f(None, "HF model directory or hub id; default: the embedded SmolLM2-135M-Instruct")
+    endpoint: str | None = _f(None, "OpenAI-compatible base URL (e.g. http://host:8000/v1) instead of a local vLLM engine")
+    api_key: str | None = _f(None, "API key for --endpoint (default: $OPENAI_API_KEY)")
+    max_model_len: int = _f(8192, "context window in tokens (prompt + output)")
+    dtype: str = _f("bfloat16", "weights dtype for vLLM")
+    tensor_parallel_size: int = _f(1, "GPUs per engine (tensor parallel)")
+    gpu_memory_utilization: float = _f(0.9, "vLLM GPU memory share (GPU only)")
+    kv_cache_gib: float = _f(2.0, "KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    enforce_eager: bool = _f(False, "skip graph compilation: ~15 s start-up, ~20%% slower decoding")
+    structured_backend: str = _f("guidance", "vLLM structured-output backend for JSON plans (guidance|outlines|xgrammar)")
+    cpu_threads_bind: str | None = _f(None, "CPU only: cores for vLLM's OpenMP threads, e.g. 0-1 (default: all this process may use)")
+    max_num_seqs: int = _f(64, "most sequences vLLM batches at once")
+
+
+@dataclass
+class AgentWriteConfig:
+    """Knobs of the plan -> write state machine (core.agentwrite)."""
+
+    default_length: int = _f(1500, "target words when neither the row nor the instruction gives one")
+    max_length: int = _f(50000, "largest target accepted; larger requests are rejected as absurd")
+    words_per_section: int = _f(450, "preferred section size; the plan gets target/this sections")
+    min_section_words: int = _f(150, "smallest section budget after reconciliation (one-section notes excepted)")
+    max_section_words: int = _f(700, "largest section budget; bigger plan entries are split")
+    max_sections: int = _f(30, "upper bound on plan length")
+    plan_retries: int = _f(3, "extra plan attempts when the plan is not valid JSON or unusable")
+    temperature: float = _f(0.7, "sampling temperature for section text")
+    top_p: float = _f(0.95, "nucleus sampling")
+    plan_temperature: float = _f(0.5, "sampling temperature for the plan")
+    min_budget_share: float = _f(0.85, "min_tokens asks for this share of each section's budget")
+    max_budget_share: float = _f(1.35, "max_tokens allows this share of each section's budget")
+    continue_below: float = _f(0.7, "a section under this share of its budget gets a continuation call")
+    max_continuations: int = _f(1, "continuation calls per section")
+    context_margin: int = _f(64, "tokens kept free in the context window")
+    seed: int | None = _f(None, "base sampling seed (per document and step it is offset); None = random")
+
+
+def config_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.init]
+
+
+def update_config(cfg: Any, values: dict[str, Any]) -> Any:
+    """Return a copy of ``cfg`` with known keys from ``values`` (e.g. YAML) replaced."""
+    names = {f.name for f in config_fields(type(cfg))}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown {type(cfg).__name__} field(s): {', '.join(unknown)}")
+    return dataclasses.replace(cfg, **values)

