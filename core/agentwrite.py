@@ -95,7 +95,7 @@ def parse_plan(text: str) -> list[dict[str, Any]]:
         point = " ".join(str(e.get("point", "")).split())
         try:
             words = int(e.get("words", 0))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             words = 0
         if len(point) >= 3:
             out.append({"point": point, "words": words})
@@ -136,22 +136,19 @@ def reconcile_plan(entries: list[dict[str, Any]], target: int, cfg: AgentWriteCo
 
 def _apportion(weights: list[float], total: int, lo: float, hi: float) -> list[int]:
     """Integers proportional to weights, each in [lo, hi], summing exactly to total."""
-    n = len(weights)
-    fixed: dict[int, float] = {}
-    for _ in range(n + 1):
-        free = [i for i in range(n) if i not in fixed]
-        rest = total - sum(fixed.values())
-        wsum = sum(weights[i] for i in free) or 1.0
-        vals = {i: rest * weights[i] / wsum for i in free}
-        clamped = {i: min(max(v, lo), hi) for i, v in vals.items() if v < lo or v > hi}
-        if not clamped or not free:
-            fixed.update(vals)
-            break
-        fixed.update(clamped)
-    raw = [fixed[i] for i in range(n)]
+    # Water-filling: find the scale s with sum(clamp(s * w, lo, hi)) == total by bisection
+    # (that sum is continuous and non-decreasing in s; lo * n <= total <= hi * n).
+    def fill(s: float) -> list[float]:
+        return [min(max(s * w, lo), hi) for w in weights]
+
+    a, b = 0.0, total / min(weights)  # fill(0) sums to n * lo <= total; fill(b) to >= total
+    for _ in range(100):
+        m = (a + b) / 2
+        a, b = (m, b) if sum(fill(m)) < total else (a, m)
+    raw = fill(b)
     out = [int(math.floor(v)) for v in raw]
-    order = sorted(range(n), key=lambda i: raw[i] - out[i], reverse=True)
-    for i in order[: total - sum(out)]:
+    order = sorted(range(len(raw)), key=lambda i: raw[i] - out[i], reverse=True)
+    for i in order[: max(0, total - sum(out))]:
         out[i] += 1
     return out
 
@@ -160,13 +157,13 @@ def _apportion(weights: list[float], total: int, lo: float, hi: float) -> list[i
 
 _LABEL = r"(?:part|section|step|chapter|paragraph)\s+(?:\d+|[ivx]+|one|two|three|four|five|six|seven|eight|nine|ten)\b"
 _HEADING_RE = re.compile(
-    rf"^\s*(?:#{{1,6}}\s*)?(?:\*\*|__)?\s*(?:{_LABEL}|第\s*[0-9一二三四五六七八九十百]+\s*(?:部分|节|章|段))[^\n]{{0,80}}$",
+    rf"^\s*(?:#{{1,6}}\s*)?(?:\*\*|__)?\s*(?:{_LABEL}|第\s*[0-9一二三四五六七八九十百]+\s*(?:部分|节|章|段))[^\n]{{0,80}}(?<![.!?。！？])$",
     re.I | re.M,
 )
 _PREAMBLE_RE = re.compile(
     r"^\s*(?:(?:sure|certainly|of course|here is|here's|okay)\b[^\n]{0,100}[:!.]"
     r"|(?:write|writing) part \d+[^\n]{0,200}|现在写第[^\n]{0,200})\s*$", re.I)
-_SENTENCE_END = re.compile(r"[.!?。！？…][\"'”’)）]*\s")
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)）]*\s|[。！？][”’）」』]*")
 
 
 def clean_section(text: str) -> str:
@@ -261,7 +258,7 @@ class AgentWriter:
             doc.text = "\n\n".join(s.text for s in doc.sections if s.text)
             doc.word_count = count_words(doc.text)
         except (DocumentError, EngineError, ValueError) as e:
-            doc.status, doc.error = "failed", _one_line(e)
+            doc.status, doc.error, doc.retryable = "failed", _one_line(e), isinstance(e, EngineError)
         doc.latency_s = time.perf_counter() - t0
         await _maybe(on_event, "done", doc)
         return doc
@@ -288,7 +285,7 @@ class AgentWriter:
             doc.text = res.text.strip()
             doc.word_count = count_words(doc.text)
         except (DocumentError, EngineError, ValueError) as e:
-            doc.status, doc.error = "failed", _one_line(e)
+            doc.status, doc.error, doc.retryable = "failed", _one_line(e), isinstance(e, EngineError)
         doc.latency_s = time.perf_counter() - t0
         return doc
 

@@ -73,3 +73,30 @@ def update_config(cfg: Any, values: dict[str, Any]) -> Any:
     if unknown:
         raise ValueError(f"unknown {type(cfg).__name__} field(s): {', '.join(unknown)}")
     return dataclasses.replace(cfg, **values)
+
+
+@dataclass
+class StorageConfig:
+    """Where URIs point: local paths or ``s3://`` (standard AWS credential chain by default)."""
+
+    s3_endpoint: str | None = _f(None, "S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL or AWS)")
+    s3_region: str | None = _f(None, "S3 region (default: $AWS_REGION / $AWS_DEFAULT_REGION, else us-east-1)")
+    s3_access_key: str | None = _f(None, "access key (default: the AWS credential chain)")
+    s3_secret_key: str | None = _f(None, "secret key (default: the AWS credential chain)")
+
+
+@dataclass
+class GenerateConfig:
+    """The bulk generation job (ray_jobs.generate): prompts in, partitioned Parquet out."""
+
+    input: str = _f("", "prompts: JSONL or Parquet file or folder, local or s3:// (fields: prompt; optional id, length, anything else)")
+    output: str = _f("", "output dataset root, local or s3://; documents land under run_id=RUN/")
+    mode: str = _f("agentwrite", "agentwrite (plan, then sections) or direct (one call per prompt)")
+    run_id: str | None = _f(None, "partition name; default: derived from input, mode and model so reruns resume")
+    engines: int = _f(1, "engine actors (each owns one vLLM engine, or one HTTP client with --endpoint)")
+    in_flight: int = _f(32, "documents in flight per engine")
+    rows_per_file: int = _f(16, "documents per Parquet file (also the Ray Data batch size)")
+    engine_num_cpus: float = _f(1.0, "Ray CPUs reserved per engine actor")
+    engine_num_gpus: float | None = _f(None, "Ray GPUs per engine actor (default: tensor_parallel_size when a GPU exists, else 0)")
+    limit: int | None = _f(None, "only the first N valid prompts")
+    doc_retries: int = _f(2, "extra attempts for a document whose engine calls failed")

@@ -59,6 +59,7 @@ class Document:
     latency_s: float = 0.0
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     metadata: dict[str, Any] = field(default_factory=dict)
+    retryable: bool = False  # failed on an engine error (worth another attempt); not stored
 
     @property
     def prompt_tokens(self) -> int:

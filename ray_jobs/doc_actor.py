@@ -1,0 +1,112 @@
+"""The Ray Data stage that writes documents: a callable class that owns one engine.
+
+Modelled on ray.data.llm's async engine stage, with one difference that stage cannot express:
+a document is a chain of dependent calls (plan, then section 1, 2, ...). So each actor runs
+many documents concurrently with asyncio (bounded by ``in_flight``) and the engine batches
+whatever steps are ready. Each input batch becomes one Parquet file of finished documents;
+each document's plan and finished sections are saved under ``_state/`` as it goes, so a
+crashed run resumes mid-document.
+
+Input columns: id, prompt, length, metadata (JSON). Output columns: SUMMARY_COLUMNS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from core import storage
+from core.agentwrite import AgentWriter, WriteState
+from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig
+from core.records import Document, documents_to_table
+
+SUMMARY_COLUMNS = ["id", "status", "error", "target_words", "word_count", "prompt_tokens",
+                   "cached_tokens", "generated_tokens", "latency_s"]
+
+
+def part_name(ids: list[str]) -> str:
+    """Deterministic file name for a set of documents (a rerun of the same set overwrites)."""
+    return "part-" + hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:20] + ".parquet"
+
+
+class DocumentStage:
+    def __init__(self, ecfg: EngineConfig, acfg: AgentWriteConfig, gcfg: GenerateConfig,
+                 scfg: StorageConfig, run_uri: str, state_uri: str, board: Any = None):
+        from core.engines import build_engine
+
+        self.engine = build_engine(ecfg)
+        if hasattr(self.engine, "start"):
+            self.engine.start()  # fail at actor start, with the model named, not per document
+        self.writer = AgentWriter(self.engine, acfg)
+        self.gcfg, self.scfg = gcfg, scfg
+        self.run = storage.resolve(run_uri, scfg)
+        self.state = storage.resolve(state_uri, scfg)
+        self.board = board
+        self._sem: asyncio.Semaphore | None = None
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.gcfg.in_flight)
+        rows = batch.to_pylist()
+        docs = await asyncio.gather(*(self._one(r) for r in rows))
+        # Finished documents first, then drop their resume state: a crash in between only
+        # means the next run re-assembles them from state without generating anything.
+        storage.write_parquet(self.run.join(part_name([d.id for d in docs])), documents_to_table(docs))
+        for d in docs:
+            storage.delete(self.state.join(f"{_safe(d.id)}.json"))
+        summary = [{c: getattr(d, c) for c in SUMMARY_COLUMNS} for d in docs]
+        return pa.Table.from_pylist(summary)
+
+    async def _one(self, row: dict[str, Any]) -> Document:
+        assert self._sem is not None
+        async with self._sem:
+            if self.board is not None:
+                self.board.started.remote(row["id"])
+            meta = json.loads(row.get("metadata") or "{}")
+            state_loc = self.state.join(f"{_safe(row['id'])}.json")
+            state = self._load_state(state_loc)
+            n_words = 0
+
+            def save(st: WriteState) -> None:
+                storage.write_bytes(state_loc, st.to_json().encode())
+
+            def on_event(kind: str, doc: Document) -> None:
+                nonlocal n_words
+                if kind == "section" and self.board is not None:
+                    s = doc.sections[-1]
+                    toks = sum(c.generated_tokens for c in doc.calls if c.step == s.index)
+                    self.board.section.remote(s.words, toks)
+
+            for attempt in range(self.gcfg.doc_retries + 1):
+                if self.gcfg.mode == "direct":
+                    doc = await self.writer.write_direct(row["prompt"], doc_id=row["id"], length=row.get("length"),
+                                                         metadata=meta)
+                else:
+                    doc = await self.writer.write(row["prompt"], doc_id=row["id"], length=row.get("length"),
+                                                  metadata=meta, state=state, on_state=save, on_event=on_event)
+                if doc.status == "ok" or not doc.retryable:
+                    break
+                state = self._load_state(state_loc)  # keep what the failed attempt finished
+                await asyncio.sleep(min(30.0, 2.0 * 2**attempt))
+            if self.board is not None:
+                self.board.finished.remote(doc.id, doc.status == "ok")
+            return doc
+
+    def _load_state(self, loc: storage.Location) -> WriteState | None:
+        try:
+            return WriteState.from_json(storage.read_bytes(loc).decode())
+        except storage.StorageError:
+            return None
+        except (ValueError, TypeError):  # a torn or foreign file: start the document afresh
+            return None
+
+
+def _safe(doc_id: str) -> str:
+    """A file-name-safe key for a document id."""
+    if all(c.isalnum() or c in "-_." for c in doc_id) and len(doc_id) < 100 and not doc_id.startswith("."):
+        return doc_id
+    return hashlib.sha1(doc_id.encode()).hexdigest()

@@ -1,0 +1,263 @@
+"""Bulk generation on Ray Data: prompts in, hive-partitioned Parquet documents out, resumable.
+
+    python -m ray_jobs.generate --input prompts.jsonl --output s3://bucket/corpus
+    longwriter generate --input prompts.jsonl --output ./out --engines 2 --in-flight 32
+
+Layout of ``--output``::
+
+    run_id=RUN/part-*.parquet        documents (core.records.DOCUMENT_SCHEMA), ok and failed
+    run_id=RUN/_SUCCESS              JSON manifest, written last (counts, files, schema version)
+    _state/run_id=RUN/ID.json        plan + finished sections of documents still in progress
+
+Rerunning the same command continues: ids already in ``run_id=RUN`` are skipped, documents in
+progress resume from their last finished section. Exit code 0 when every row is ok, 1 when any
+row failed (bad input or generation), 2 when the job itself could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from core import storage
+from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig
+from core.inputs import InputError, read_prompts
+from core.records import DOCUMENT_SCHEMA, SCHEMA_VERSION, Document, documents_to_table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="bulk AgentWrite generation on Ray Data -> Parquet",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flags(p)
+    p.set_defaults(func=run)
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    from ray_jobs.cli import add_config_flags
+
+    p.add_argument("--config", default=None, help="YAML with generate:, engine:, agentwrite:, storage: sections")
+    add_config_flags(p, GenerateConfig)
+    add_config_flags(p, EngineConfig)
+    add_config_flags(p, AgentWriteConfig)
+    add_config_flags(p, StorageConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ray_jobs.cli import build_config, load_yaml
+
+    y = load_yaml(args.config)
+    gcfg = build_config(GenerateConfig, args, y.get("generate"))
+    ecfg = build_config(EngineConfig, args, y.get("engine"))
+    acfg = build_config(AgentWriteConfig, args, y.get("agentwrite"))
+    scfg = build_config(StorageConfig, args, y.get("storage"))
+    summary = run_generate(gcfg, ecfg, acfg, scfg)
+    print_summary(summary)
+    return 0 if summary["failed"] == 0 else 1
+
+
+def default_run_id(gcfg: GenerateConfig, ecfg: EngineConfig) -> str:
+    key = json.dumps([gcfg.input, gcfg.mode, ecfg.model or "embedded", ecfg.endpoint])
+    return f"{gcfg.mode}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def finished_ids(run: storage.Location) -> set[str]:
+    files = storage.list_files(run, ".parquet")
+    if not files:
+        return set()
+    ds = pads.dataset(files, filesystem=run.fs, format="parquet")
+    return set(ds.to_table(columns=["id"]).column("id").to_pylist())
+
+
+def error_document(e: InputError, mode: str, model: str) -> Document:
+    return Document(id=e.id, prompt=e.prompt, target_words=0, target_source="", mode=mode, model=model,
+                    status="failed", error=f"{e.where}: {e.reason}", metadata=e.metadata)
+
+
+def run_generate(gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWriteConfig,
+                 scfg: StorageConfig | None = None, *, progress: bool = True) -> dict[str, Any]:
+    """The whole job; returns the summary dict (also stored in ``_SUCCESS``)."""
+    scfg = scfg or StorageConfig()
+    if not gcfg.input or not gcfg.output:
+        raise ValueError("--input and --output are required")
+    if gcfg.mode not in ("agentwrite", "direct"):
+        raise ValueError(f"--mode must be agentwrite or direct, got {gcfg.mode!r}")
+    if gcfg.engines < 1 or gcfg.in_flight < 1 or gcfg.rows_per_file < 1:
+        raise ValueError("--engines, --in-flight and --rows-per-file must be >= 1")
+    t0 = time.time()
+    good, bad = read_prompts(gcfg.input, scfg, max_length=acfg.max_length)
+    if gcfg.limit is not None:
+        good = good[: gcfg.limit]
+    run_id = gcfg.run_id or default_run_id(gcfg, ecfg)
+    root = storage.resolve(gcfg.output, scfg)
+    run = root.join(f"run_id={run_id}")
+    state = root.join("_state", f"run_id={run_id}")
+    storage.makedirs(run)
+    done = finished_ids(run)
+    model_label = ecfg.model or "SmolLM2-135M-Instruct"
+    new_bad = [e for e in bad if e.id not in done]
+    if new_bad:
+        docs = [error_document(e, gcfg.mode, model_label) for e in new_bad]
+        from ray_jobs.doc_actor import part_name
+
+        storage.write_parquet(run.join(part_name([d.id for d in docs])), documents_to_table(docs))
+    todo = [r for r in good if r.id not in done]
+    print(f"[generate] run_id={run_id}: {len(good)} valid prompts, {len(bad)} bad rows, "
+          f"{len(good) - len(todo)} already done, {len(todo)} to write -> {run.uri}", file=sys.stderr)
+    if todo:
+        _run_ray(todo, gcfg, ecfg, acfg, scfg, run, state, progress)
+    summary = _summarize(run, run_id, gcfg, ecfg, time.time() - t0, len(good) + len(bad))
+    storage.write_bytes(run.join("_SUCCESS"), json.dumps(summary, indent=1, default=str).encode())
+    return summary
+
+
+def _run_ray(todo: list, gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWriteConfig,
+             scfg: StorageConfig, run: storage.Location, state: storage.Location, progress: bool) -> None:
+    per_actor_batches = math.ceil(gcfg.in_flight / gcfg.rows_per_file) + 1
+    os.environ.setdefault("RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY", str(per_actor_batches))
+    import ray
+    import ray.data
+    from ray.data._internal.planner import plan_udf_map_op
+
+    from ray_jobs.doc_actor import DocumentStage
+    from ray_jobs.progress import ProgressBoard
+
+    # Several input batches run at once inside each actor, so the engine never idles on the
+    # slowest document of a batch; the actor's semaphore keeps in_flight the real bound.
+    plan_udf_map_op.DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY = per_actor_batches
+    env = {k: os.environ[k] for k in ("VLLM_LOGGING_LEVEL", "LONGWRITER_HOME", "VLLM_CPU_KVCACHE_SPACE",
+                                      "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CACHE_ROOT", "HF_HUB_OFFLINE",
+                                      "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+           if k in os.environ}
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=bool(os.environ.get("LONGWRITER_DEBUG")),
+                 runtime_env={"env_vars": env} if env else None)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    board = ProgressBoard.remote()
+    rows = [{"id": r.id, "prompt": r.prompt, "length": r.length,
+             "metadata": json.dumps(r.metadata, ensure_ascii=False, sort_keys=True)} for r in todo]
+    table = pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("prompt", pa.string()),
+                                                         ("length", pa.int64()), ("metadata", pa.string())]))
+    blocks = max(gcfg.engines, math.ceil(len(rows) / (gcfg.in_flight * 4)))
+    ds = ray.data.from_arrow(table).repartition(blocks)
+    gpus = gcfg.engine_num_gpus
+    if gpus is None:
+        gpus = float(ecfg.tensor_parallel_size) if (not ecfg.endpoint and _has_gpu()) else 0.0
+    ds = ds.map_batches(
+        DocumentStage,
+        fn_constructor_kwargs=dict(ecfg=ecfg, acfg=acfg, gcfg=gcfg, scfg=scfg, run_uri=run.uri,
+                                   state_uri=state.uri, board=board),
+        batch_size=gcfg.rows_per_file,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=gcfg.engines),
+        num_cpus=gcfg.engine_num_cpus if not ecfg.endpoint else 0.1,
+        num_gpus=gpus,
+    )
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(board, len(rows), stop, progress), daemon=True)
+    watcher.start()
+    try:
+        for _ in ds.iter_batches(batch_size=None):
+            pass
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+
+
+def _has_gpu() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _watch(board: Any, total: int, stop: threading.Event, show: bool) -> None:
+    """Poll the progress board: a tqdm bar on a terminal, a log line every 30 s otherwise."""
+    import ray
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=total, unit="doc", desc="documents", file=sys.stderr, disable=not (show and tty))
+    last_log = 0.0
+    while True:
+        try:
+            s = ray.get(board.snapshot.remote(), timeout=10)
+        except Exception:
+            s = None
+        if s:
+            bar.update(s["done"] + s["failed"] - bar.n)
+            bar.set_postfix(failed=s["failed"], in_flight=s["in_flight"], words=s["words"],
+                            tok_s=f"{s['tokens_per_s']:.0f}")
+            if show and not tty and time.time() - last_log > 30:
+                last_log = time.time()
+                print(f"[generate] {s['done']} done, {s['failed']} failed, {s['in_flight']} in flight, "
+                      f"{s['words']} words, {s['tokens_per_s']:.0f} tok/s, {s['elapsed_s']:.0f} s", file=sys.stderr)
+        if stop.wait(1.0):
+            break
+    bar.close()
+
+
+def _summarize(run: storage.Location, run_id: str, gcfg: GenerateConfig, ecfg: EngineConfig,
+               seconds: float, input_rows: int) -> dict[str, Any]:
+    files = storage.list_files(run, ".parquet")
+    cols = ["id", "status", "word_count", "target_words", "generated_tokens", "error"]
+    t = pads.dataset(files, filesystem=run.fs, format="parquet").to_table(columns=cols) if files else \
+        pa.table({c: [] for c in cols})
+    rows = t.to_pylist()
+    ok = [r for r in rows if r["status"] == "ok"]
+    failed = [r for r in rows if r["status"] != "ok"]
+    return {
+        "run_id": run_id,
+        "output": run.uri,
+        "schema_version": SCHEMA_VERSION,
+        "input": gcfg.input,
+        "mode": gcfg.mode,
+        "model": ecfg.endpoint or ecfg.model or "SmolLM2-135M-Instruct",
+        "input_rows": input_rows,
+        "documents": len(rows),
+        "ok": len(ok),
+        "failed": len(failed),
+        "words": sum(r["word_count"] or 0 for r in ok),
+        "generated_tokens": sum(r["generated_tokens"] or 0 for r in rows),
+        "seconds": round(seconds, 1),
+        "files": [f.rsplit("/", 1)[-1] for f in files],
+        "errors": [{"id": r["id"], "error": r["error"]} for r in failed][:50],
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "config": {"generate": dataclasses.asdict(gcfg)},
+    }
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    lines = [
+        ("run", s["run_id"]), ("output", s["output"]), ("documents", s["documents"]), ("ok", s["ok"]),
+        ("failed", s["failed"]), ("words (ok docs)", s["words"]), ("generated tokens", s["generated_tokens"]),
+        ("wall seconds (this call)", s["seconds"]), ("files", len(s["files"])),
+    ]
+    w = max(len(k) for k, _ in lines)
+    print("\n".join(f"{k:<{w}}  {v}" for k, v in lines))
+    for e in s["errors"][:20]:
+        print(f"  failed {e['id']}: {e['error']}")
+    print(f"query it: python -c \"import pyarrow.dataset as ds; print(ds.dataset('{s['output'].rsplit('/run_id=', 1)[0]}', "
+          f"partitioning='hive').to_table(columns=['id','status','word_count']))\"")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ray_jobs.cli import main as cli_main
+
+    return cli_main(["generate", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
