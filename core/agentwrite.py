@@ -356,7 +356,8 @@ class AgentWriter:
         prior = self._tpw.get(doc.language, 1.5)
         words = sum(s.words for s in doc.sections)
         toks = sum(c.generated_tokens for c in doc.calls if c.kind in ("section", "continue"))
-        return (prior * 300 + toks) / (300 + words) if words else prior
+        est = (prior * 300 + toks) / (300 + words) if words else prior
+        return min(max(est, 0.5 * prior), 2.0 * prior)
 
     async def _write_sections(self, doc: Document, st: WriteState, on_event: EventFn | None,
                               on_state: Callable[[WriteState], Any] | None) -> None:
@@ -371,15 +372,17 @@ class AgentWriter:
             carry = (planned_before - written) / (n - k)  # spread any surplus / deficit forward
             budget = int(max(0.5 * doc.plan[k]["words"], min(1.5 * doc.plan[k]["words"], doc.plan[k]["words"] + carry)))
             history.append([{"role": "user", "content": prompts.STEP[lang].format(k=k + 1, n=n, words=budget, point=point)}])
-            part, dropped = await self._section_call(doc, k, budget, history, dropped, "section")
+            part, finish, dropped = await self._section_call(doc, k, budget, history, dropped, "section")
             parts = [part]
             history[-1].append({"role": "assistant", "content": part})
             for _ in range(cfg.max_continuations):
                 have = count_words("\n\n".join(parts))
-                if have >= cfg.continue_below * budget:
+                # Only a model that chose to stop short gets asked for more: one cut off at
+                # max_tokens already used its budget (the tokens-per-word estimate adapts).
+                if finish != "stop" or have >= cfg.continue_below * budget:
                     break
                 history[-1].append({"role": "user", "content": prompts.CONTINUE[lang].format(k=k + 1, words=budget - have)})
-                part, dropped = await self._section_call(doc, k, budget - have, history, dropped, "continue")
+                part, finish, dropped = await self._section_call(doc, k, budget - have, history, dropped, "continue")
                 history[-1].append({"role": "assistant", "content": part})
                 parts.append(part)
             text = "\n\n".join(p for p in parts if p)
@@ -391,7 +394,7 @@ class AgentWriter:
             await _maybe(on_event, "section", doc)
 
     async def _section_call(self, doc: Document, k: int, words: int, history: list[list[Message]],
-                            dropped: int, kind: str) -> tuple[str, int]:
+                            dropped: int, kind: str) -> tuple[str, str, int]:
         cfg = self.cfg
         tpw = self._tokens_per_word(doc)
         max_tokens = int(words * tpw * cfg.max_budget_share) + 16
@@ -404,7 +407,7 @@ class AgentWriter:
         text = clean_section(res.text)
         if res.finish_reason == "length":
             text = trim_to_sentence(text)
-        return text, dropped
+        return text, res.finish_reason, dropped
 
     # -- helpers
 

