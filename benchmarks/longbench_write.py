@@ -1,0 +1,83 @@
+"""LongBench-Write length score S_l, AgentWrite vs direct, same engine and model in one run.
+
+    python benchmarks/longbench_write.py --shortest 20            # issue target: agentwrite S_l >= 80
+    python benchmarks/longbench_write.py                          # all 60 English prompts, both modes
+
+Prints S_l per mode and per length bucket, and the ratio agentwrite / direct (the baseline is
+measured in the same run on the same engine). Not a test: numbers vary with sampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.agentwrite import AgentWriter  # noqa: E402
+from core.config import AgentWriteConfig, EngineConfig  # noqa: E402
+from core.engines import build_engine  # noqa: E402
+from core.length import length_bucket, length_score  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "longbench-write" / "longbench_write_en.jsonl"
+
+
+async def run_mode(writer: AgentWriter, rows: list[dict], mode: str) -> list[dict]:
+    async def one(i: int, r: dict) -> dict:
+        if mode == "direct":
+            doc = await writer.write_direct(r["prompt"], doc_id=f"lb{i}", length=r["length"])
+        else:
+            doc = await writer.write(r["prompt"], doc_id=f"lb{i}", length=r["length"])
+        return {"required": r["length"], "produced": doc.word_count, "status": doc.status,
+                "tokens": doc.generated_tokens, "s_l": length_score(r["length"], doc.word_count)}
+
+    return await asyncio.gather(*(one(i, r) for i, r in enumerate(rows)))
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    rows = [json.loads(line) for line in open(args.data, encoding="utf-8")]
+    if args.shortest:
+        rows = sorted(rows, key=lambda r: r["length"])[: args.shortest]
+    engine = build_engine(EngineConfig(model=args.model, enforce_eager=args.enforce_eager))
+    writer = AgentWriter(engine, AgentWriteConfig())
+    results = {}
+    for mode in args.modes.split(","):
+        t0 = time.perf_counter()
+        res = await run_mode(writer, rows, mode)
+        secs = time.perf_counter() - t0
+        results[mode] = res
+        toks = sum(r["tokens"] for r in res)
+        print(f"{mode:>10}: S_l {statistics.mean(r['s_l'] for r in res):5.1f} over {len(res)} prompts, "
+              f"{sum(r['status'] != 'ok' for r in res)} failed, {secs:.0f} s, {toks / secs:.0f} tok/s", flush=True)
+    await engine.close()
+    buckets = sorted({length_bucket(r["length"]) for r in rows}, key=lambda b: float(b[1:].split(",")[0].replace("k", "000")))
+    print("\nbucket        " + "".join(f"{m:>12}" for m in results))
+    for b in buckets:
+        line = f"{b:<14}"
+        for m, res in results.items():
+            vals = [x["s_l"] for x, r in zip(res, rows) if length_bucket(r["length"]) == b]
+            line += f"{statistics.mean(vals):12.1f}"
+        print(line + f"   (n={len(vals)})")
+    if "agentwrite" in results and "direct" in results:
+        a = statistics.mean(r["s_l"] for r in results["agentwrite"])
+        d = statistics.mean(r["s_l"] for r in results["direct"])
+        print(f"\nS_l agentwrite / direct = {a / max(d, 1e-9):.2f}x  ({a:.1f} vs {d:.1f})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(DATA), help="LongBench-Write JSONL (prompt, length)")
+    p.add_argument("--shortest", type=int, default=None, help="only the N shortest prompts")
+    p.add_argument("--modes", default="agentwrite,direct")
+    p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
+    p.add_argument("--enforce-eager", action="store_true")
+    asyncio.run(main_async(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
