@@ -86,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         generate_cmd.register(sub)
     except ImportError:  # pragma: no cover - optional until the job lands
         pass
+    try:
+        from ray_jobs import evaluate as evaluate_cmd
+
+        evaluate_cmd.register(sub)
+    except ImportError:  # pragma: no cover - optional until the job lands
+        pass
     args = parser.parse_args(argv)
     quiet_logs(args.debug)
     try:

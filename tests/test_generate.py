@@ -134,7 +134,10 @@ def test_crash_mid_run_then_resume(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "ray_jobs.generate", "--input", str(inp), "--output", str(out),
            "--run-id", "crash", "--rows-per-file", "2", "--in-flight", "8", "--enforce-eager"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Its own Ray temp dir: after the kill, leftovers of *this* job's Ray are found by that path
+    # (``ray stop`` would also stop the Ray instance this pytest process is attached to).
+    ray_tmp = Path("/tmp") / f"lwcrash{os.getpid()}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(ray_tmp)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir, state_dir = out / "run_id=crash", out / "_state" / "run_id=crash"
@@ -150,9 +153,11 @@ def test_crash_mid_run_then_resume(tmp_path):
         else:
             pytest.fail("no finished file and no partial document within 400 s")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the job and everything in its session: a crash
         proc.wait()
-    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True)
+        subprocess.run(["pkill", "-9", "-s", str(proc.pid)], capture_output=True)
+        subprocess.run(["pkill", "-9", "-f", str(ray_tmp)], capture_output=True)
+        time.sleep(2)
     before = {p.name: p.read_bytes() for p in run_dir.glob("part-*.parquet")}
     partial = {}
     for p in state_dir.glob("*.json"):

@@ -62,35 +62,44 @@ def test_prefix_cache_reported(vllm_engine, run_on_engine):
     assert r.cached_tokens >= 0.8 * vllm_engine.count_tokens(msgs)
 
 
-def test_agentwrite_document_on_real_engine(vllm_engine, run_on_engine):
+@pytest.fixture(scope="module")
+def written(vllm_engine, run_on_engine):
+    """Four documents written concurrently on the one engine (as the bulk job does)."""
     writer = AgentWriter(vllm_engine, AgentWriteConfig())
-    events = []
-    doc = run_on_engine(writer.write("Write a 600-word essay about why people keep gardens.",
-                                     doc_id="garden", on_event=lambda k, d: events.append(k)))
+    events: list[str] = []
+
+    async def all_docs():
+        return await asyncio.gather(
+            writer.write("Write a 600-word essay about why people keep gardens.", doc_id="garden",
+                         on_event=lambda k, d: events.append(k)),
+            writer.write("请写一篇300字的短文，介绍秋天。", doc_id="zh"),
+            writer.write("Write 300 words about rain.", doc_id="en"),
+            writer.write_direct("Write 150 words about snow.", doc_id="d"))
+
+    garden, zh, en, direct = run_on_engine(all_docs())
+    return {"garden": garden, "zh": zh, "en": en, "direct": direct, "events": events}
+
+
+def test_agentwrite_document_on_real_engine(written):
+    doc = written["garden"]
     assert doc.status == "ok", doc.error
     assert doc.target_words == 600 and doc.target_source == "instruction"
     assert 2 <= len(doc.plan) <= 3 and sum(p["words"] for p in doc.plan) == 600
     assert doc.word_count == count_words(doc.text)
     assert abs(doc.word_count - 600) <= 0.25 * 600
+    events = written["events"]
     assert events[0] == "plan" and events[-1] == "done" and events.count("section") == len(doc.plan)
     sec_calls = [c for c in doc.calls if c.kind == "section"]
     assert sec_calls[-1].cached_tokens > 0.5 * sec_calls[-1].prompt_tokens  # prefix reuse
     assert "Part 2" not in doc.text and "Write part" not in doc.text
 
 
-def test_many_documents_in_flight_chinese_and_english(vllm_engine, run_on_engine):
-    writer = AgentWriter(vllm_engine, AgentWriteConfig())
-
-    async def both():
-        return await asyncio.gather(writer.write("请写一篇300字的短文，介绍秋天。", doc_id="zh"),
-                                    writer.write("Write 300 words about rain.", doc_id="en"),
-                                    writer.write_direct("Write 150 words about snow.", doc_id="d"))
-
-    zh, en, direct = run_on_engine(both())
+def test_chinese_english_and_direct_documents(written):
+    zh, en, direct = written["zh"], written["en"], written["direct"]
     assert zh.status == en.status == direct.status == "ok"
-    assert zh.language == "zh" and en.language == "en"
-    assert en.word_count > 150 and zh.word_count > 100
-    assert direct.mode == "direct" and len(direct.calls) == 1
+    assert zh.language == "zh" and en.language == "en" and zh.target_words == 300
+    assert en.word_count > 150
+    assert direct.mode == "direct" and len(direct.calls) == 1 and direct.word_count > 20
 
 
 def test_too_long_instruction_fails_cleanly(vllm_engine, run_on_engine):

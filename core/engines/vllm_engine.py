@@ -53,11 +53,13 @@ def _cpu_env(cfg: EngineConfig) -> None:
 class VLLMEngine:
     """One vLLM ``AsyncLLM`` engine. Thread-safe for coroutines on the loop that created it."""
 
-    def __init__(self, model_path: str, cfg: EngineConfig | None = None, *, model_name: str | None = None):
+    def __init__(self, model_path: str, cfg: EngineConfig | None = None, *, model_name: str | None = None,
+                 prefix_caching: bool = True):
         self.cfg = cfg or EngineConfig()
         self.model_path = model_path
         self.model_name = model_name or os.path.basename(model_path.rstrip("/")) or model_path
         self.max_model_len = self.cfg.max_model_len
+        self.prefix_caching = prefix_caching  # off only for baselines in benchmarks/
         self._engine: Any = None
         self._cpu = cpu_only()
         self._ids = itertools.count()
@@ -82,7 +84,7 @@ class VLLMEngine:
             served_model_name=self.model_name,
             max_model_len=cfg.max_model_len,
             dtype=cfg.dtype,
-            enable_prefix_caching=True,
+            enable_prefix_caching=self.prefix_caching,
             enforce_eager=cfg.enforce_eager,
             max_num_seqs=cfg.max_num_seqs,
             structured_outputs_config={"backend": cfg.structured_backend, "disable_any_whitespace": True},
