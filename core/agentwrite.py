@@ -279,8 +279,9 @@ class AgentWriter:
             room = self.engine.max_model_len - self.engine.count_tokens(msgs) - self.cfg.context_margin
             if room < 16:
                 raise DocumentError(self._too_long(msgs))
+            cap = int(doc.target_words * self._tpw.get(doc.language, 1.5) * self.cfg.direct_max_share) + 64
             res = await self.engine.generate(msgs, sampling=SamplingSpec(
-                max_tokens=room, temperature=self.cfg.temperature, top_p=self.cfg.top_p, seed=self._seed(doc, 0)))
+                max_tokens=min(room, cap), temperature=self.cfg.temperature, top_p=self.cfg.top_p, seed=self._seed(doc, 0)))
             doc.calls.append(_stat("direct", 0, res))
             doc.text = res.text.strip()
             doc.word_count = count_words(doc.text)

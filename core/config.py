@@ -54,10 +54,11 @@ class AgentWriteConfig:
     temperature: float = _f(0.7, "sampling temperature for section text")
     top_p: float = _f(0.95, "nucleus sampling")
     plan_temperature: float = _f(0.5, "sampling temperature for the plan")
-    min_budget_share: float = _f(0.85, "min_tokens asks for this share of each section's budget")
+    min_budget_share: float = _f(0.9, "min_tokens asks for this share of each section's budget")
     max_budget_share: float = _f(1.35, "max_tokens allows this share of each section's budget")
     continue_below: float = _f(0.7, "a section under this share of its budget gets a continuation call")
     max_continuations: int = _f(1, "continuation calls per section")
+    direct_max_share: float = _f(2.0, "direct mode: max_tokens allows this share of the target (capped by the context)")
     context_margin: int = _f(64, "tokens kept free in the context window")
     seed: int | None = _f(None, "base sampling seed (per document and step it is offset); None = random")
 

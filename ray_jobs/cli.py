@@ -1,6 +1,7 @@
 """`longwriter`: one command line over the same code the Ray jobs and the Serve app run.
 
-Sub-commands: write (one document, no Ray), generate (bulk, Ray Data), eval (LongBench-Write).
+Sub-commands: write (one document, no Ray), generate (bulk, Ray Data), eval (LongBench-Write),
+sft / make-pairs / dpo (training on Ray Train).
 Every config dataclass field is a flag; ``--config FILE.yaml`` sets several at once.
 """
 
@@ -92,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_cmd.register(sub)
     except ImportError:  # pragma: no cover - optional until the job lands
         pass
+    for name in ("sft", "pairs", "dpo"):  # training: sft, make-pairs, dpo
+        try:
+            __import__(f"ray_jobs.{name}", fromlist=["register"]).register(sub)
+        except ImportError:  # pragma: no cover - optional until the job lands
+            pass
     args = parser.parse_args(argv)
     quiet_logs(args.debug)
     try:

@@ -21,6 +21,7 @@ import pytest
 
 from core import prompts
 from core.agentwrite import (
+    DEFAULT_TOKENS_PER_WORD,
     AgentWriter,
     DocumentError,
     WriteState,
@@ -408,6 +409,8 @@ def test_write_direct_is_one_call() -> None:
     call = eng.calls[0]
     assert call.messages == [{"role": "user", "content": "Write 300 words about the sea."}]
     assert call.sampling.json_schema is None
-    assert call.sampling.max_tokens == eng.max_model_len - eng.count_tokens(call.messages) - CFG.context_margin
+    room = eng.max_model_len - eng.count_tokens(call.messages) - CFG.context_margin
+    cap = int(300 * DEFAULT_TOKENS_PER_WORD["en"] * CFG.direct_max_share) + 64  # twice the target, at most
+    assert call.sampling.max_tokens == min(room, cap)
     assert [c.kind for c in doc.calls] == ["direct"] and doc.text == prose(50) and doc.word_count == 50
     assert (doc.target_words, doc.target_source) == (300, "instruction")

@@ -1,0 +1,211 @@
+"""Preference pairs for DPO: sample k outputs per instruction, rank them, keep best vs worst.
+
+    longwriter make-pairs --input prompts.jsonl --output s3://bucket/pairs --samples 4
+    longwriter make-pairs --input prompts.jsonl --output pairs.parquet --model ./sft/model \\
+        --judge-endpoint http://judge:8000/v1
+
+Each instruction (JSONL/Parquet, as for ``generate``) is written ``--samples`` times by the
+generation machinery (``core.agentwrite``: ``direct`` one-call or ``agentwrite`` plan+sections)
+on one engine in this process, many generations in flight (asyncio; no Ray needed). Each
+sample's score is the LongBench-Write length score S_l against the target; with a judge
+(``--judge-model`` / ``--judge-endpoint``) it is (S_l + S_q) / 2. The best sample is
+``chosen``, the worst ``rejected``; instructions whose spread is under ``--min-margin``, or with
+fewer than two usable samples, are skipped and counted. Output: one Parquet file with
+:data:`PAIRS_SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from core import storage
+from core.agentwrite import AgentWriter
+from core.config import AgentWriteConfig, EngineConfig, StorageConfig
+from core.inputs import PromptRow, read_prompts
+from core.length import length_score
+from core.records import Document
+from core.scores import judge_document, quality_score
+from core.train_config import PairsConfig
+
+PAIRS_SCHEMA_VERSION = "1"
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt", pa.string()),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("chosen_score", pa.float64()),
+        ("rejected_score", pa.float64()),
+        ("chosen_words", pa.int64()),
+        ("rejected_words", pa.int64()),
+        ("target_words", pa.int64()),
+        ("language", pa.string()),
+        ("samples", pa.int64()),  # usable samples the pair was chosen from
+        ("model", pa.string()),
+    ],
+    metadata={"longwriter.pairs_schema_version": PAIRS_SCHEMA_VERSION},
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ray_jobs.cli import add_config_flags
+
+    p = sub.add_parser("make-pairs", help="preference pairs for DPO: k samples per prompt, best vs worst by length score",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML with pairs:, engine:, agentwrite:, storage: sections")
+    add_config_flags(p, PairsConfig)
+    add_config_flags(p, EngineConfig)
+    add_config_flags(p, AgentWriteConfig)
+    add_config_flags(p, StorageConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ray_jobs.cli import build_config, load_yaml
+
+    y = load_yaml(args.config)
+    pcfg = build_config(PairsConfig, args, y.get("pairs"))
+    ecfg = build_config(EngineConfig, args, y.get("engine"))
+    acfg = build_config(AgentWriteConfig, args, y.get("agentwrite"))
+    scfg = build_config(StorageConfig, args, y.get("storage"))
+    s = run_make_pairs(pcfg, ecfg, acfg, scfg)
+    print(f"pairs {s['pairs']} from {s['prompts']} prompts x {pcfg.samples} samples "
+          f"(skipped: {s['skipped_few_samples']} with < 2 usable samples, {s['skipped_small_margin']} under "
+          f"--min-margin {pcfg.min_margin}); mean score chosen {s['mean_chosen_score']:.1f} vs rejected "
+          f"{s['mean_rejected_score']:.1f}; {s['seconds']:.0f} s\n  {s['output']}")
+    return 0
+
+
+def output_location(uri: str, scfg: StorageConfig | None) -> storage.Location:
+    loc = storage.resolve(uri, scfg)
+    return loc if loc.path.endswith(".parquet") else loc.join("pairs.parquet")
+
+
+def pairs_table(pairs: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(pairs, schema=PAIRS_SCHEMA)
+
+
+def sample_score(doc: Document, judgment: dict[str, int] | None) -> float:
+    s_l = length_score(doc.target_words, doc.word_count)
+    return s_l if not judgment else (s_l + quality_score([judgment])) / 2.0
+
+
+async def make_pairs(rows: list[PromptRow], engine: Any, pcfg: PairsConfig, acfg: AgentWriteConfig | None = None,
+                     judge: Any = None, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Sample, score and pair; ``engine`` / ``judge`` are any core.engines Engine."""
+    writer = AgentWriter(engine, acfg or AgentWriteConfig())
+    sem = asyncio.Semaphore(max(1, pcfg.in_flight))
+    done = 0
+    total = len(rows) * pcfg.samples
+    t0 = time.perf_counter()
+
+    async def sample(row: PromptRow, j: int) -> tuple[Document, dict[str, int] | None]:
+        nonlocal done
+        async with sem:
+            kw = dict(doc_id=f"{row.id}-s{j}", length=row.length, metadata=row.metadata)
+            doc = await (writer.write_direct(row.prompt, **kw) if pcfg.mode == "direct" else writer.write(row.prompt, **kw))
+            judgment = None
+            if judge is not None and doc.status == "ok" and doc.text.strip():
+                judgment = await judge_document(judge, row.prompt, doc.text)
+        done += 1
+        if progress and (done == total or done % 10 == 0):
+            print(f"[make-pairs] {done}/{total} samples ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        return doc, judgment
+
+    results = await asyncio.gather(*(sample(r, j) for r in rows for j in range(pcfg.samples)))
+    pairs, stats = [], {"skipped_few_samples": 0, "skipped_small_margin": 0, "failed_samples": 0}
+    for i, row in enumerate(rows):
+        group = results[i * pcfg.samples:(i + 1) * pcfg.samples]
+        usable = [(sample_score(d, j), d) for d, j in group if d.status == "ok" and d.word_count > 0]
+        stats["failed_samples"] += len(group) - len(usable)
+        if len(usable) < 2:
+            stats["skipped_few_samples"] += 1
+            continue
+        usable.sort(key=lambda t: t[0])
+        (lo, worst), (hi, best) = usable[0], usable[-1]
+        if hi - lo < pcfg.min_margin:
+            stats["skipped_small_margin"] += 1
+            continue
+        pairs.append({"id": row.id, "prompt": row.prompt, "chosen": best.text, "rejected": worst.text,
+                      "chosen_score": round(hi, 3), "rejected_score": round(lo, 3),
+                      "chosen_words": best.word_count, "rejected_words": worst.word_count,
+                      "target_words": best.target_words, "language": best.language, "samples": len(usable),
+                      "model": best.model})
+    return pairs, stats
+
+
+def judge_engine_config(pcfg: PairsConfig, ecfg: EngineConfig) -> EngineConfig | None:
+    if not pcfg.judge_model and not pcfg.judge_endpoint:
+        return None
+    return dataclasses.replace(ecfg, model=pcfg.judge_model, endpoint=pcfg.judge_endpoint,
+                               api_key=ecfg.api_key if pcfg.judge_endpoint == ecfg.endpoint else None)
+
+
+def run_make_pairs(pcfg: PairsConfig, ecfg: EngineConfig, acfg: AgentWriteConfig | None = None,
+                   scfg: StorageConfig | None = None, *, engine: Any = None, judge: Any = None) -> dict[str, Any]:
+    """The whole command: read prompts, sample, pair, write Parquet; returns a summary dict.
+
+    ``engine`` / ``judge`` (tests) replace the engines built from ``ecfg`` / the judge flags.
+    """
+    acfg = acfg or AgentWriteConfig()
+    if not pcfg.input or not pcfg.output:
+        raise ValueError("--input and --output are required")
+    if pcfg.samples < 2:
+        raise ValueError("--samples must be >= 2 (a pair needs two outputs)")
+    if pcfg.mode not in ("direct", "agentwrite"):
+        raise ValueError(f"--mode must be direct or agentwrite, got {pcfg.mode!r}")
+    t0 = time.time()
+    out = output_location(pcfg.output, scfg)
+    good, bad = read_prompts(pcfg.input, scfg, max_length=acfg.max_length)
+    if pcfg.limit is not None:
+        good = good[: pcfg.limit]
+    if not good:
+        raise ValueError(f"no valid prompts in {pcfg.input} ({len(bad)} bad rows)")
+    storage.info(out)  # fail on unreachable output storage before generating anything
+    print(f"[make-pairs] {len(good)} prompts x {pcfg.samples} samples ({len(bad)} bad rows skipped)", file=sys.stderr)
+
+    async def go() -> tuple[list[dict[str, Any]], dict[str, int]]:
+        from core.engines import build_engine
+
+        own = []
+        eng = engine
+        if eng is None:
+            eng = build_engine(ecfg)
+            own.append(eng)
+        jdg = judge
+        jcfg = judge_engine_config(pcfg, ecfg)
+        if jdg is None and jcfg is not None:
+            same = not jcfg.endpoint and jcfg.model == ecfg.model and not ecfg.endpoint
+            jdg = eng if same else build_engine(jcfg)
+            if jdg is not eng:
+                own.append(jdg)
+        try:
+            return await make_pairs(good, eng, pcfg, acfg, judge=jdg)
+        finally:
+            for e in own:
+                await e.close()
+
+    pairs, stats = asyncio.run(go())
+    storage.write_parquet(out, pairs_table(pairs))
+    cs = [p["chosen_score"] for p in pairs]
+    rs = [p["rejected_score"] for p in pairs]
+    return {"output": out.uri, "prompts": len(good), "bad_rows": len(bad), "pairs": len(pairs), **stats,
+            "mean_chosen_score": sum(cs) / len(cs) if cs else 0.0,
+            "mean_rejected_score": sum(rs) / len(rs) if rs else 0.0, "seconds": time.time() - t0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ray_jobs.cli import main as cli_main
+
+    return cli_main(["make-pairs", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
