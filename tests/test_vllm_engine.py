@@ -38,7 +38,7 @@ def test_structured_plan_is_valid_json(vllm_engine, run_on_engine):
 
     async def many():
         return await asyncio.gather(*(vllm_engine.generate(msgs, sampling=SamplingSpec(
-            max_tokens=400, temperature=0.8, json_schema=schema)) for _ in range(6)))
+            max_tokens=300, temperature=0.8, json_schema=schema)) for _ in range(4)))
 
     results = run_on_engine(many())
     valid = 0
@@ -49,7 +49,7 @@ def test_structured_plan_is_valid_json(vllm_engine, run_on_engine):
         assert 3 <= len(data["sections"]) <= 5
         assert all(isinstance(s["words"], int) for s in data["sections"])
         valid += 1
-    assert valid >= 5
+    assert valid >= 3
 
 
 def test_prefix_cache_reported(vllm_engine, run_on_engine):
