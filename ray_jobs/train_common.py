@@ -392,9 +392,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         trainer = prepare_trainer(trainer)
 
         tokens_before = int(start_state.get("num_input_tokens_seen", 0))
-        out = trainer.train(resume_from_checkpoint=resume_dir)
+        target = cfg.max_steps if cfg.max_steps > 0 else int(start_state.get("max_steps", 0) or 0)
+        if resume_dir and target and resumed_from >= target:
+            # The run already finished (a rerun of a completed command): load, don't step again.
+            from transformers import TrainerState
+
+            trainer._load_from_checkpoint(resume_dir)
+            trainer.state = TrainerState.load_from_json(os.path.join(resume_dir, "trainer_state.json"))
+            runtime = 0.0
+        else:
+            out = trainer.train(resume_from_checkpoint=resume_dir)
+            runtime = float(out.metrics.get("train_runtime", 0.0))
         state = trainer.state
-        runtime = float(out.metrics.get("train_runtime", 0.0))
         steps_done = state.global_step - resumed_from
         tokens = int(state.num_input_tokens_seen) - tokens_before
         model_uri = export_model(trainer, tok, config, rank, workdir)

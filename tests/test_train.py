@@ -257,3 +257,43 @@ def test_dpo_raises_reward_margin(tmp_path, tiny_model):
     assert s["mean_margin_last"] > s["mean_margin_first"] + 0.1, margins
     assert (tmp_path / "dpo" / "model" / "model.safetensors").is_file()
     assert list((tmp_path / "dpo" / "ray_train" / s["run_name"]).glob("checkpoint_*/checkpoint/trainer_state.json"))
+
+
+@pytest.mark.slow  # real Ray Train + trl: the same command again, with more steps
+def test_sft_rerun_same_name_continues(sft_run, tiny_model):
+    """Rerunning with the same output (hence run name) continues from the stored checkpoint."""
+    from ray_jobs.sft import run_sft
+
+    prefix, first = sft_run
+    cfg = SFTJobConfig(data=f"{prefix}/corpus", model=tiny_model, output=f"{prefix}/out", num_workers=2,
+                       max_steps=28, save_steps=10, learning_rate=3e-3, max_length=256, seed=7)
+    s = run_sft(cfg, StorageConfig())
+    assert s["run_name"] == first["run_name"]
+    assert (s["resumed_from_step"], s["steps_this_attempt"], s["global_step"]) == (24, 4, 28)
+    assert [st for st, _ in s["losses"]] == list(range(1, 29))
+
+
+@pytest.mark.skipif(not os.environ.get("LONGWRITER_TEST_VLLM_EXPORT"),
+                    reason="set LONGWRITER_TEST_VLLM_EXPORT=1: starting vLLM on CPU costs 1-2 minutes")
+def test_exported_model_runs_in_vllm(sft_run, tmp_path):
+    from core.config import EngineConfig
+    from core.engines.base import SamplingSpec
+    from core.engines.vllm_engine import VLLMEngine
+
+    _, s = sft_run
+    loc = storage.resolve(s["model"])
+    local = tmp_path / "model"
+    local.mkdir()
+    storage.pafs.copy_files(loc.path, str(local), source_filesystem=loc.fs)
+
+    async def go():
+        eng = VLLMEngine(str(local), EngineConfig(enforce_eager=True, max_model_len=512, kv_cache_gib=1,
+                                                  max_num_seqs=4), model_name="tiny-sft")
+        try:
+            return await eng.generate([{"role": "user", "content": "Write a short note about tea."}],
+                                      sampling=SamplingSpec(max_tokens=8, temperature=0.0))
+        finally:
+            await eng.close()
+
+    r = asyncio.run(go())
+    assert r.generated_tokens > 0
