@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -49,7 +50,7 @@ def corpus(rows: int, words: int) -> list[Document]:
     return docs
 
 
-def plain_trl(cfg: SFTJobConfig, table, model_path: str, workers: int, out_dir: str) -> dict:
+def plain_trl(cfg: SFTJobConfig, table, model_path: str, workers: int, out_dir: str, threads: int | None) -> dict:
     import datasets
     import torch
     from transformers import AutoModelForCausalLM
@@ -58,6 +59,8 @@ def plain_trl(cfg: SFTJobConfig, table, model_path: str, workers: int, out_dir: 
     from ray_jobs.train_common import load_tokenizer, training_kwargs
 
     torch.manual_seed(cfg.seed)
+    if threads:
+        torch.set_num_threads(threads)
     tok = load_tokenizer(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     kw = training_kwargs(cfg, out_dir)
@@ -66,8 +69,9 @@ def plain_trl(cfg: SFTJobConfig, table, model_path: str, workers: int, out_dir: 
                             kwargs=kw, peft_config=None)
     out = trainer.train()
     runtime = out.metrics["train_runtime"]
-    return {"tokens": trainer.state.num_input_tokens_seen, "runtime_s": runtime,
-            "tokens_per_s": trainer.state.num_input_tokens_seen / runtime, "final_loss": trainer.state.log_history[-2].get("loss")}
+    return {"tokens": trainer.state.num_input_tokens_seen, "runtime_s": runtime, "threads": torch.get_num_threads(),
+            "tokens_per_s": trainer.state.num_input_tokens_seen / runtime,
+            "final_loss": [h["loss"] for h in trainer.state.log_history if "loss" in h][-1]}
 
 
 def main() -> int:
@@ -82,6 +86,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=1, help="per-device batch on the Ray side")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--use-gpu", action="store_true")
+    ap.add_argument("--plain-threads", type=int, default=None,
+                    help="torch threads of the plain run (default: torch's default; Ray workers run 1 each on CPU)")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
 
@@ -103,7 +109,7 @@ def main() -> int:
           f"{a.steps} steps, global batch {a.workers * a.batch}", file=sys.stderr)
 
     t0 = time.time()
-    base = plain_trl(cfg, table, model, a.workers, str(work / "plain"))
+    base = plain_trl(cfg, table, model, a.workers, str(work / "plain"), a.plain_threads)
     base["wall_s"] = time.time() - t0
     t0 = time.time()
     s = run_training("sft", cfg, None, table, "ray_jobs.sft:build_trainer", info)
@@ -111,16 +117,17 @@ def main() -> int:
                "tokens_per_s": s["tokens_per_s"], "final_loss": s["final_loss"], "wall_s": time.time() - t0}
 
     ratio = ray_res["tokens_per_s"] / base["tokens_per_s"]
-    rows = [("", "plain trl (1 process)", f"Ray Train ({a.workers} workers)"),
+    rows = [("", f"plain trl (1 process, {base['threads']} thr)", f"Ray Train ({a.workers} workers)"),
             ("tokens trained", f"{base['tokens']}", f"{ray_res['tokens']}"),
             ("train loop s", f"{base['runtime_s']:.1f}", f"{ray_res['runtime_s']:.1f}"),
             ("tokens/s", f"{base['tokens_per_s']:.0f}", f"{ray_res['tokens_per_s']:.0f}"),
             ("wall s (incl. start-up)", f"{base['wall_s']:.1f}", f"{ray_res['wall_s']:.1f}")]
     for r in rows:
-        print(f"{r[0]:<24} {r[1]:>22} {r[2]:>22}")
+        print(f"{r[0]:<24} {r[1]:>28} {r[2]:>22}")
     print(f"ratio Ray Train / plain trl tokens/s: {ratio:.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"plain": base, "ray": ray_res, "ratio": ratio, "args": vars(a)}, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

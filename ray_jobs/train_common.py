@@ -183,7 +183,8 @@ def run_training(job: str, cfg: TrainJobConfig, scfg: StorageConfig, table: pa.T
     try:
         result = trainer.fit()
     except Exception as e:  # TrainingFailedError carries the worker's traceback: keep its last line
-        raise RuntimeError(f"training failed: {_last_line(e)}") from None
+        raise RuntimeError(f"training failed (after up to {cfg.max_failures} restart(s), --max-failures): "
+                           f"{_last_line(e)}") from None
     try:
         m = json.loads(storage.read_bytes(result_loc))
     except storage.StorageError:

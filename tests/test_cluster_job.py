@@ -1,6 +1,7 @@
 """`ray job submit` against a real two-node Ray cluster started on this machine.
 
-A head node and a second node (each `ray start`, one CPU and a custom resource each) form the
+A head node and a second node (each `ray start`, two logical CPUs and a custom resource each; one engine actor
+per node leaves a CPU per node for Ray Data's own tasks) form the
 cluster; the generation job is submitted with a working_dir, runs one engine actor per node,
 and must write exactly the documents the input defines (same ids and count as a single-node
 run, which tests/test_generate.py covers).
@@ -36,11 +37,11 @@ def two_node_cluster(tmp_path):
            "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     gcs, dash = free_port(), free_port()
-    r = sh(str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=1", "--num-gpus=0",
+    r = sh(str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=2", "--num-gpus=0",
            "--resources", json.dumps({"node_head": 1}), "--include-dashboard=true",
            f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
-    r = sh(str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--num-gpus=0",
+    r = sh(str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=2", "--num-gpus=0",
            "--resources", json.dumps({"node_worker": 1}), env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     yield {"env": env, "gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}"}
