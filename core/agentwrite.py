@@ -257,6 +257,8 @@ class AgentWriter:
             await self._write_sections(doc, st, on_event, on_state)
             doc.text = "\n\n".join(s.text for s in doc.sections if s.text)
             doc.word_count = count_words(doc.text)
+            if doc.word_count == 0:  # e.g. a small model degenerating into digits
+                raise DocumentError("the model wrote no words (degenerate output)")
         except (DocumentError, EngineError, ValueError) as e:
             doc.status, doc.error, doc.retryable = "failed", _one_line(e), isinstance(e, EngineError)
         doc.latency_s = time.perf_counter() - t0
@@ -285,6 +287,8 @@ class AgentWriter:
             doc.calls.append(_stat("direct", 0, res))
             doc.text = res.text.strip()
             doc.word_count = count_words(doc.text)
+            if doc.word_count == 0:
+                raise DocumentError("the model wrote no words (degenerate output)")
         except (DocumentError, EngineError, ValueError) as e:
             doc.status, doc.error, doc.retryable = "failed", _one_line(e), isinstance(e, EngineError)
         doc.latency_s = time.perf_counter() - t0

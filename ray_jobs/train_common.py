@@ -382,6 +382,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if state.global_step == cfg.fail_at_step and resume_dir is None and rank == world - 1:
                     print(f"[{job}] fail_at_step: rank {rank} exits at step {state.global_step}", flush=True)
                     time.sleep(2.0)  # let the controller collect the checkpoint reported before this step
+                    shutil.rmtree(workdir, ignore_errors=True)
                     os._exit(1)
 
         trainer.remove_callback(PrinterCallback)  # replaced by the compact line above

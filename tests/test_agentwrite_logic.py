@@ -414,3 +414,14 @@ def test_write_direct_is_one_call() -> None:
     assert call.sampling.max_tokens == min(room, cap)
     assert [c.kind for c in doc.calls] == ["direct"] and doc.text == prose(50) and doc.word_count == 50
     assert (doc.target_words, doc.target_source) == (300, "instruction")
+
+
+def test_document_without_words_fails() -> None:
+    """Degenerate output (digits only) must not land in the corpus as an ok document."""
+    def script(c):
+        if c.kind == "plan":
+            return json.dumps({"sections": [{"point": "Numbers only", "words": 100}]})
+        return "2018-08-08 12:25:34 10:00:00 2018-08-08"
+
+    doc = asyncio.run(AgentWriter(ScriptedEngine(script), CFG).write("Write 100 words about clocks."))
+    assert doc.status == "failed" and "no words" in doc.error and doc.messages() == []
