@@ -163,6 +163,10 @@ _HEADING_RE = re.compile(
 _PREAMBLE_RE = re.compile(
     r"^\s*(?:(?:sure|certainly|of course|here is|here's|okay)\b[^\n]{0,100}[:!.]"
     r"|(?:write|writing) part \d+[^\n]{0,200}|现在写第[^\n]{0,200})\s*$", re.I)
+# Small models sometimes echo the step instruction back, anywhere in the answer.
+_ECHO_RE = re.compile(
+    r"^\s*(?:write part \d+ of \d+ now\b.*|do not (?:repeat earlier parts|add a title)\b.*"
+    r"|现在写第\s*\d+\s*部分.*|不要重复前文.*)$", re.I)
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)）]*\s|[。！？][”’）」』]*")
 
 
@@ -171,7 +175,7 @@ def clean_section(text: str) -> str:
     lines = text.strip().splitlines()
     while lines and (not lines[0].strip() or _PREAMBLE_RE.match(lines[0])):
         lines.pop(0)
-    text = "\n".join(lines)
+    text = "\n".join(ln for ln in lines if not _ECHO_RE.match(ln))
     text = _HEADING_RE.sub("", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
     return text.strip()

@@ -425,3 +425,9 @@ def test_document_without_words_fails() -> None:
 
     doc = asyncio.run(AgentWriter(ScriptedEngine(script), CFG).write("Write 100 words about clocks."))
     assert doc.status == "failed" and "no words" in doc.error and doc.messages() == []
+
+
+def test_echoed_step_instructions_are_removed_anywhere() -> None:
+    text = ("Rain smells of earth.\nWrite part 5 of 1 now, about 400 words: \nThe air cools.\n"
+            "Do not add a title or a number.\nDo not repeat earlier parts and do not add a title or a part number.\nEnd.")
+    assert clean_section(text) == "Rain smells of earth.\nThe air cools.\nEnd."
