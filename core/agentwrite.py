@@ -54,8 +54,14 @@ def resolve_target(length: int | None, instruction: str, cfg: AgentWriteConfig) 
 
 
 def section_count_range(target: int, cfg: AgentWriteConfig) -> tuple[int, int]:
-    """Fewest and most sections for a target (300 words: 1-2; 10,000 words: 15-30)."""
+    """Fewest and most sections for a target (300 words: 1-2; 600: 2-3; 10,000 words: 15-30).
+
+    Past two minimum-size sections the plan must have at least two: a one-section plan is
+    direct writing with extra steps, and small models like to collapse plans to one entry.
+    """
     n_min = max(1, math.ceil(target / cfg.max_section_words))
+    if target > 2 * cfg.min_section_words:
+        n_min = max(n_min, 2)
     n_max = min(cfg.max_sections, max(n_min, math.ceil(target / (0.6 * cfg.words_per_section))))
     return min(n_min, n_max), n_max
 
@@ -97,7 +103,7 @@ def parse_plan(text: str) -> list[dict[str, Any]]:
             words = int(e.get("words", 0))
         except (TypeError, ValueError, OverflowError):
             words = 0
-        if len(point) >= 3:
+        if sum(ch.isalpha() for ch in point) >= 3:  # drops JSON debris such as "1},{"
             out.append({"point": point, "words": words})
     if not out:
         raise DocumentError("plan has no usable sections")

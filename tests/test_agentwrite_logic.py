@@ -128,6 +128,7 @@ def test_scripted_engine_is_an_engine() -> None:
 def test_section_count_range() -> None:
     lo, hi = section_count_range(300, CFG)
     assert (lo, hi) == (1, 2)
+    assert section_count_range(600, CFG) == (2, 3)  # never a one-section plan past 2 x min words
     lo, hi = section_count_range(10000, CFG)
     assert lo >= 15 and hi <= 30 and lo <= hi
     prev = (0, 0)
@@ -179,7 +180,8 @@ def test_parse_plan() -> None:
     assert parse_plan(good) == [{"point": "Open with the storm", "words": 300}, {"point": "The keeper", "words": 0}]
     fenced = 'Here is the plan:\n```json\n{"sections": [{"point": "  A   point ", "words": 250}]}\n```\nDone.'
     assert parse_plan(fenced) == [{"point": "A point", "words": 250}]
-    skipping = '{"sections": [{"words": 100}, {"point": "ab", "words": 5}, "junk", {"point": "Kept", "words": 7}]}'
+    skipping = ('{"sections": [{"words": 100}, {"point": "ab", "words": 5}, "junk", {"point": "1},{", "words": 9},'
+                ' {"point": "Kept", "words": 7}]}')
     assert parse_plan(skipping) == [{"point": "Kept", "words": 7}]
     for bad in ("not json at all", '{"sections": [', '{"parts": []}', '{"sections": [{"words": 100}]}'):
         with pytest.raises(DocumentError):
