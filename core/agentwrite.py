@@ -272,6 +272,7 @@ class AgentWriter:
         except (DocumentError, EngineError, ValueError) as e:
             doc.status, doc.error, doc.retryable = "failed", _one_line(e), isinstance(e, EngineError)
         doc.latency_s = time.perf_counter() - t0
+        doc.model = getattr(self.engine, "model_name", "") or doc.model  # HTTP engines learn it on first call
         await _maybe(on_event, "done", doc)
         return doc
 
@@ -302,6 +303,7 @@ class AgentWriter:
         except (DocumentError, EngineError, ValueError) as e:
             doc.status, doc.error, doc.retryable = "failed", _one_line(e), isinstance(e, EngineError)
         doc.latency_s = time.perf_counter() - t0
+        doc.model = getattr(self.engine, "model_name", "") or doc.model  # HTTP engines learn it on first call
         return doc
 
     # -- plan

@@ -101,3 +101,31 @@ class GenerateConfig:
     engine_num_gpus: float | None = _f(None, "Ray GPUs per engine actor (default: tensor_parallel_size when a GPU exists, else 0)")
     limit: int | None = _f(None, "only the first N valid prompts")
     doc_retries: int = _f(2, "extra attempts for a document whose engine calls failed")
+
+
+@dataclass
+class ServeConfig:
+    """The Ray Serve app (serve.app): vLLM replicas, OpenAI-compatible API, /v1/longwrite.
+
+    Autoscaling counts ongoing requests per replica. A long document keeps one request open
+    for minutes, so ``target_ongoing_requests`` must be a real number (Ray's LLM default is
+    effectively infinite and never scales), and ``max_queued_requests`` bounds the wait so
+    overload is answered with 503 + Retry-After instead of an ever-growing queue.
+    """
+
+    model_id: str | None = _f(None, "name clients pass as 'model' (default: the engine's model name)")
+    host: str = _f("127.0.0.1", "HTTP host for `longwriter serve` (0.0.0.0 to listen on all interfaces)")
+    port: int = _f(8000, "HTTP port for `longwriter serve`")
+    min_replicas: int = _f(1, "fewest engine replicas")
+    max_replicas: int = _f(2, "most engine replicas")
+    target_ongoing_requests: float = _f(16.0, "autoscaling target: ongoing requests per replica")
+    max_ongoing_requests: int = _f(48, "requests one replica runs at once (bounds the engine batch)")
+    max_queued_requests: int = _f(64, "requests waiting for a replica, per caller; beyond: 503 + Retry-After")
+    retry_after_s: float = _f(5.0, "Retry-After seconds sent with a 503 on overload")
+    upscale_delay_s: float = _f(30.0, "seconds above target before adding a replica")
+    downscale_delay_s: float = _f(300.0, "seconds below target before removing one (engines are slow to start)")
+    metrics_interval_s: float = _f(2.0, "how often replicas report load to the autoscaler")
+    device: str = _f("auto", "cpu or gpu replicas; auto: gpu when the Ray cluster has GPUs")
+    replica_num_cpus: float | None = _f(None, "Ray CPUs per engine replica (default: 0 on CPU, where vLLM binds its own threads; 1 on GPU)")
+    api_key: str | None = _f(None, "require 'Authorization: Bearer KEY' on every API route (default: $LONGWRITER_API_KEY; unset = open)")
+    request_timeout_s: float = _f(3600.0, "longest a /v1/longwrite request may run")

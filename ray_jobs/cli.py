@@ -1,7 +1,7 @@
 """`longwriter`: one command line over the same code the Ray jobs and the Serve app run.
 
 Sub-commands: write (one document, no Ray), generate (bulk, Ray Data), eval (LongBench-Write),
-sft / make-pairs / dpo (training on Ray Train).
+sft / make-pairs / dpo (training on Ray Train), serve (Ray Serve app).
 Every config dataclass field is a flag; ``--config FILE.yaml`` sets several at once.
 """
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_cmd.register(sub)
     except ImportError:  # pragma: no cover - optional until the job lands
         pass
-    for name in ("sft", "pairs", "dpo"):  # training: sft, make-pairs, dpo
+    for name in ("sft", "pairs", "dpo", "serve_cmd"):  # training: sft, make-pairs, dpo; serving
         try:
             __import__(f"ray_jobs.{name}", fromlist=["register"]).register(sub)
         except ImportError:  # pragma: no cover - optional until the job lands

@@ -52,6 +52,49 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return None
 
 
+def result_from_openai(data: dict[str, Any], chat: bool, latency: float, attempts: int = 1,
+                       schema_sent: bool = False) -> GenResult:
+    """A :class:`GenResult` from an OpenAI (chat) completion response body."""
+    choices = data.get("choices") or []
+    if not choices or not isinstance(choices[0], dict):
+        raise EngineError(f"response has no choices: {_snippet(json.dumps(data))}")
+    choice = choices[0]
+    text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
+    usage = data.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    return GenResult(
+        text=text or "",
+        finish_reason=choice.get("finish_reason") or "stop",
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        cached_tokens=int(details.get("cached_tokens") or 0),
+        generated_tokens=int(usage.get("completion_tokens") or 0),
+        latency_s=latency,
+        extra={"attempts": attempts, "json_schema_sent": schema_sent, "id": data.get("id")},
+    )
+
+
+def openai_body(messages: list[Message] | None, prompt: str | None, sp: SamplingSpec, model: str,
+                json_schema: bool = True) -> dict[str, Any]:
+    """The request body of a (chat) completion for one :class:`SamplingSpec` (vLLM extras included)."""
+    chat = messages is not None
+    body: dict[str, Any] = {"model": model, "max_tokens": sp.max_tokens, "temperature": sp.temperature,
+                            "top_p": sp.top_p}
+    body.update({"messages": messages} if chat else {"prompt": prompt})
+    if sp.stop:
+        body["stop"] = list(sp.stop)
+    if sp.seed is not None:
+        body["seed"] = sp.seed
+    if sp.min_tokens > 0:
+        body["min_tokens"] = sp.min_tokens
+    if json_schema and sp.json_schema is not None:
+        if chat:
+            spec = {"name": "output", "schema": sp.json_schema, "strict": True}
+            body["response_format"] = {"type": "json_schema", "json_schema": spec}
+        else:
+            body["structured_outputs"] = {"json": sp.json_schema}
+    return body
+
+
 class OpenAIHTTPEngine:
     """:class:`Engine` for an OpenAI-compatible server at ``base_url`` (``.../v1``).
 
@@ -196,27 +239,9 @@ class OpenAIHTTPEngine:
         sp = sampling or SamplingSpec()
         await self._discover()
         chat = messages is not None
-        body: dict[str, Any] = {
-            "model": self.model_name,
-            "max_tokens": sp.max_tokens,
-            "temperature": sp.temperature,
-            "top_p": sp.top_p,
-        }
-        body.update({"messages": messages} if chat else {"prompt": prompt})
-        if sp.stop:
-            body["stop"] = list(sp.stop)
-        if sp.seed is not None:
-            body["seed"] = sp.seed
-        if sp.min_tokens > 0:
-            body["min_tokens"] = sp.min_tokens
         path = "/chat/completions" if chat else "/completions"
         schema_sent = sp.json_schema is not None and self._schema_supported
-        if schema_sent:
-            if chat:
-                spec = {"name": "output", "schema": sp.json_schema, "strict": True}
-                body["response_format"] = {"type": "json_schema", "json_schema": spec}
-            else:
-                body["structured_outputs"] = {"json": sp.json_schema}
+        body = openai_body(messages, prompt, sp, self.model_name, json_schema=schema_sent)
         try:
             resp, latency, attempts = await self._request("POST", path, body)
         except EngineError as exc:
@@ -229,28 +254,7 @@ class OpenAIHTTPEngine:
             body.pop("structured_outputs", None)
             resp, latency, attempts = await self._request("POST", path, body)
             attempts += 1
-        return self._result(self._json(resp), chat, latency, attempts, schema_sent)
-
-    @staticmethod
-    def _result(
-        data: dict[str, Any], chat: bool, latency: float, attempts: int, schema_sent: bool
-    ) -> GenResult:
-        choices = data.get("choices") or []
-        if not choices or not isinstance(choices[0], dict):
-            raise EngineError(f"response has no choices: {_snippet(json.dumps(data))}")
-        choice = choices[0]
-        text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
-        usage = data.get("usage") or {}
-        details = usage.get("prompt_tokens_details") or {}
-        return GenResult(
-            text=text or "",
-            finish_reason=choice.get("finish_reason") or "stop",
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            cached_tokens=int(details.get("cached_tokens") or 0),
-            generated_tokens=int(usage.get("completion_tokens") or 0),
-            latency_s=latency,
-            extra={"attempts": attempts, "json_schema_sent": schema_sent, "id": data.get("id")},
-        )
+        return result_from_openai(self._json(resp), chat, latency, attempts, schema_sent)
 
     def count_tokens(self, messages: list[Message]) -> int:
         """An *estimate* (no tokenizer here): ~3.5 characters a token plus 4 per message."""

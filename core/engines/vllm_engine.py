@@ -16,18 +16,7 @@ from typing import Any
 
 from core.config import EngineConfig
 from core.engines.base import EngineError, GenResult, Message, SamplingSpec, check_one_input
-from core.length import count_words
-
-_SAMPLE = {
-    "en": (
-        "The harbour town woke slowly. Fishermen checked their nets while the bakery on the corner "
-        "opened its shutters, and the smell of fresh bread drifted down to the water, where gulls "
-        "argued over scraps. By noon the market was loud with prices, greetings and gossip."
-    ),
-    "zh": "清晨的港口小镇慢慢醒来。渔民检查着渔网，街角的面包店打开了窗门，新鲜面包的香味飘向水边，"
-    "海鸥在那里争抢食物。到了中午，集市上充满了讨价还价和问候的声音。",
-}
-
+from core.engines.chat_tokens import ChatTokenizer
 
 def cpu_only() -> bool:
     try:
@@ -63,13 +52,9 @@ class VLLMEngine:
         self._engine: Any = None
         self._cpu = cpu_only()
         self._ids = itertools.count()
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        # Measured on plain prose; generated text carries more punctuation and line breaks
-        # (seen: ~12% more tokens per word), and AgentWrite corrects per document from there.
-        self.tokens_per_word = {lang: 1.12 * len(self.tokenizer.encode(t, add_special_tokens=False)) / count_words(t)
-                                for lang, t in _SAMPLE.items()}
+        self._chat = ChatTokenizer(model_path)
+        self.tokenizer = self._chat.tokenizer
+        self.tokens_per_word = self._chat.tokens_per_word
 
     # -- lifecycle
 
@@ -110,8 +95,7 @@ class VLLMEngine:
     # -- protocol
 
     def render(self, messages: list[Message]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer.encode(ids, add_special_tokens=False)
+        return self._chat.render(messages)
 
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self.render(messages))
