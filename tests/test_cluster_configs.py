@@ -9,8 +9,7 @@ AWS) and the KubeRay manifests in k8s/. Fast: no cloud calls, no Ray cluster, no
 * Every ``python -m MODULE`` names a module of this repo (or a whitelisted tool such as venv),
   every flag given to a job module is accepted by that module's real argument parser, and every
   ``module:attr`` import path names a top-level definition (checked by parsing the source, so
-  nothing heavy is imported) -- except the entries of PENDING_IMPORT_PATHS while their module
-  does not exist yet.
+  nothing heavy is imported).
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ MANIFESTS = [RAYJOB_YAML, RAYSERVICE_YAML]
 # Serve application, `serve.app:app_builder`) is being written separately; until that file
 # exists the entry is skipped, and as soon as it exists it is checked like every other path
 # (so a wrong attribute name then fails). Nothing else may be listed here.
-PENDING_IMPORT_PATHS = {"serve.app:app_builder"}
 
 # `python -m` targets that are not part of this repo but may appear in setup commands.
 EXTERNAL_MODULES = {"venv", "pip"}
@@ -386,38 +384,47 @@ def test_rayjob_entrypoint_fits_the_gpu_workers():
     assert engines <= slots, f"--engines {engines} needs {engines * tp} GPUs in pods of >= {tp}; has {slots} slots"
 
 
+def check_serve_config(cfg: dict) -> tuple[dict, tuple]:
+    """Serve's own schema, then our app's args through the app's own parser."""
+    from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
+
+    from serve.app import configs_from_args
+
+    validate_model(ServeDeploySchema, cfg)
+    app = next(a for a in cfg["applications"] if a["name"] == "longwriter")
+    assert app["import_path"] == "serve.app:app_builder" and app["route_prefix"] == "/"
+    # The schemas ignore unknown keys, so check spelling against their field names.
+    assert set(app) <= fields_of(ServeApplicationSchema), set(app) - fields_of(ServeApplicationSchema)
+    return app, configs_from_args(app["args"])  # unknown sections or fields raise
+
+
 def test_rayservice_serve_config():
     from ray.serve.config import AutoscalingConfig
-    from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
 
     svc = one_of_kind(RAYSERVICE_YAML, "RayService")
     raw = svc["spec"]["serveConfigV2"]
     assert isinstance(raw, str), "serveConfigV2 is a YAML string (a `|` block)"
-    cfg = yaml.safe_load(raw)
-    validate_model(ServeDeploySchema, cfg)  # Serve's own config schema
-    apps = cfg["applications"]
-    assert apps and all(a.get("import_path") for a in apps)
-    app = next(a for a in apps if a["name"] == "longwriter")
-    assert app["import_path"] == "serve.app:app_builder" and app["route_prefix"] == "/"
-    assert app["args"]["model"]
-    # The schemas ignore unknown keys, so check spelling against their field names.
-    assert set(app) <= fields_of(ServeApplicationSchema), set(app) - fields_of(ServeApplicationSchema)
-    gpus_per_pod = max(gpu_limit(g) for g in svc["spec"]["rayClusterSpec"]["workerGroupSpecs"])
-    max_pods = sum(g["maxReplicas"] for g in svc["spec"]["rayClusterSpec"]["workerGroupSpecs"])
-    for d in app["deployments"]:
-        assert set(d) <= fields_of(DeploymentSchema), set(d) - fields_of(DeploymentSchema)
-        ac = d["autoscaling_config"]
-        assert set(ac) <= fields_of(AutoscalingConfig), set(ac) - fields_of(AutoscalingConfig)
-        AutoscalingConfig(**ac)
-        assert (ac["min_replicas"], ac["max_replicas"], ac["target_ongoing_requests"]) == (1, 4, 8)
-        assert d["max_ongoing_requests"] >= ac["target_ongoing_requests"]
-        per_replica = d.get("ray_actor_options", {}).get("num_gpus", 0)
-        if per_replica:
-            assert per_replica <= gpus_per_pod
-            assert ac["max_replicas"] * per_replica <= max_pods * gpus_per_pod, \
-                "worker group maxReplicas cannot host max_replicas"
+    app, (scfg, ecfg, _) = check_serve_config(yaml.safe_load(raw))
+    assert ecfg.model and scfg.device == "gpu" and not scfg.api_key
+    assert (scfg.min_replicas, scfg.max_replicas, scfg.target_ongoing_requests) == (1, 4, 8)
+    assert scfg.max_ongoing_requests >= scfg.target_ongoing_requests
+    AutoscalingConfig(min_replicas=scfg.min_replicas, max_replicas=scfg.max_replicas,
+                      target_ongoing_requests=scfg.target_ongoing_requests,
+                      upscale_delay_s=scfg.upscale_delay_s, downscale_delay_s=scfg.downscale_delay_s)
+    groups = svc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    gpus_per_pod = max(gpu_limit(g) for g in groups)
+    max_pods = sum(g["maxReplicas"] for g in groups)
+    assert ecfg.tensor_parallel_size <= gpus_per_pod
+    assert scfg.max_replicas * ecfg.tensor_parallel_size <= max_pods * gpus_per_pod, \
+        "worker group maxReplicas cannot host max_replicas"
     assert svc["spec"]["rayClusterSpec"].get("enableInTreeAutoscaling") is True, \
         "Serve autoscaling needs the Ray autoscaler to add GPU pods"
+
+
+def test_repo_serve_config_is_valid_and_cpu_friendly():
+    app, (scfg, ecfg, _) = check_serve_config(yaml.safe_load((ROOT / "serve" / "config.yaml").read_text()))
+    assert ecfg.model is None and scfg.device == "auto"  # the embedded model, here and on GPUs
+    assert 1 <= scfg.min_replicas <= scfg.max_replicas and scfg.target_ongoing_requests < scfg.max_ongoing_requests
 
 
 # ------------------------------------------------------------------------------ code references
@@ -467,22 +474,16 @@ def referenced_import_paths() -> list[tuple[str, str]]:
     svc = one_of_kind(RAYSERVICE_YAML, "RayService")
     for app in yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]:
         out.append(("k8s/rayservice.yaml", app["import_path"]))
+    for app in yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())["applications"]:
+        out.append(("serve/config.yaml", app["import_path"]))
     out += [("pyproject.toml [project.scripts]", target) for target in project_scripts().values()]
     return out
 
 
 def test_import_paths_exist():
     for where, path in referenced_import_paths():
-        if path in PENDING_IMPORT_PATHS and module_file(path.partition(":")[0]) is None:
-            continue  # not written yet; checked as soon as the module exists
         problem = import_path_problem(path)
         assert problem is None, f"{where}: {problem}"
-
-
-def test_pending_import_paths_are_still_referenced():
-    referenced = {p for _, p in referenced_import_paths()}
-    assert PENDING_IMPORT_PATHS <= referenced, "drop allowlist entries nothing references"
-    assert PENDING_IMPORT_PATHS == {"serve.app:app_builder"}, "only the Serve app may be pending"
 
 
 def test_import_path_checker_finds_missing_things():
