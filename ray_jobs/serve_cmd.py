@@ -11,12 +11,13 @@ the Ray cluster in $RAY_ADDRESS when set, else starts a local one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from core.config import AgentWriteConfig, EngineConfig, ServeConfig
 
@@ -112,3 +113,48 @@ def run(args: argparse.Namespace) -> int:
     serve.shutdown()
     ray.shutdown()
     return 0
+
+
+@contextlib.contextmanager
+def launched(config: dict[str, Any], *, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+             ready_timeout: float = 600.0) -> Iterator[dict[str, Any]]:
+    """`longwriter serve` in a child process with its own Ray (for tests and benchmarks).
+
+    ``config`` is a Serve config (serve/config.yaml's format). The child gets a short private
+    RAY_TMPDIR (Ray's socket paths must stay under 108 bytes) so it never joins another
+    cluster, and everything it started is killed on exit. Yields base_url, log and tmp.
+    """
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    tmp = Path(tempfile.mkdtemp(prefix="lws", dir="/tmp"))
+    (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
+    log_path = tmp / "serve.log"
+    child_env = {**os.environ, **(env or {}), "RAY_TMPDIR": str(tmp)}
+    child_env.pop("RAY_ADDRESS", None)
+    root = Path(__file__).resolve().parents[1]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.cli", "serve", "--config", str(tmp / "serve.yaml"),
+                                 *extra_args], cwd=root, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            deadline = time.time() + ready_timeout
+            while "[serve] ready" not in log_path.read_text():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"longwriter serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                if time.time() > deadline:
+                    raise RuntimeError(f"not ready in {ready_timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(2)
+            http = config.get("http_options") or {}
+            yield {"base_url": f"http://127.0.0.1:{http.get('port', 8000)}", "log": log_path, "tmp": tmp}
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+            subprocess.run(["pkill", "-9", "-f", str(tmp)], capture_output=True)

@@ -9,20 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from conftest import ROOT, free_port
+from conftest import free_port
 from core.length import count_words
 
 KEY = "test-key-123"
@@ -48,43 +41,14 @@ def serve_config(port: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve")
+def app():
+    from ray_jobs.serve_cmd import launched
+
     port, dash = free_port(), free_port()
-    cfg = tmp / "serve.yaml"
-    cfg.write_text(yaml.safe_dump(serve_config(port)))
-    ray_tmp = Path(tempfile.mkdtemp(prefix="lws", dir="/tmp"))  # Ray's socket paths must stay short
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "LONGWRITER_API_KEY": KEY,
+    env = {"LONGWRITER_API_KEY": KEY,
            "RAY_AUTH_MODE": "disabled"}  # lets the test read replica counts from the dashboard API
-    env.pop("RAY_ADDRESS", None)
-    log_path = tmp / "serve.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.cli", "serve", "--config", str(cfg),
-                             "--dashboard-port", str(dash)], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-9", "-f", str(ray_tmp)], capture_output=True)
-        log.close()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-
-    try:
-        deadline = time.time() + 420
-        while "[serve] ready" not in log_path.read_text():
-            if proc.poll() is not None:
-                pytest.fail(f"longwriter serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            if time.time() > deadline:
-                pytest.fail(f"the Serve app was not ready in 420 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(2)
-        yield {"base": f"http://127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "log": log_path}
-    finally:
-        stop()
+    with launched(serve_config(port), extra_args=("--dashboard-port", str(dash)), env=env, ready_timeout=420) as srv:
+        yield {"base": srv["base_url"], "dashboard": f"http://127.0.0.1:{dash}", "log": srv["log"]}
 
 
 def llm_replicas(app) -> int:
