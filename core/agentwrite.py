@@ -103,11 +103,30 @@ def parse_plan(text: str) -> list[dict[str, Any]]:
             words = int(e.get("words", 0))
         except (TypeError, ValueError, OverflowError):
             words = 0
-        if sum(ch.isalpha() for ch in point) >= 3:  # drops JSON debris such as "1},{"
+        if _meaningful(point):
             out.append({"point": point, "words": words})
     if not out:
         raise DocumentError("plan has no usable sections")
     return out
+
+
+def _meaningful(point: str) -> bool:
+    """A point that says something: 3+ letters, or 2+ CJK characters ("引言"); not "123" or "1},{"."""
+    cjk = sum("\u3400" <= ch <= "\u9fff" for ch in point)
+    return cjk >= 2 or sum(ch.isalpha() for ch in point) >= 3
+
+
+def fallback_plan(target: int, lang: str, cfg: AgentWriteConfig) -> list[dict[str, Any]]:
+    """Even budgets with generic points, for when the model cannot plan (small models in Chinese).
+
+    The section prompts still carry the instruction, so the text stays on topic; the record's
+    plan shows the generic points, so such documents are easy to find.
+    """
+    n_min, n_max = section_count_range(target, cfg)
+    n = min(max(round(target / cfg.words_per_section), n_min), n_max)
+    first, middle, last = prompts.FALLBACK_POINTS[lang]
+    points = [first if k == 0 else last if k == n - 1 else middle for k in range(n)] if n > 1 else [middle]
+    return reconcile_plan([{"point": p, "words": 1} for p in points], target, cfg)
 
 
 def reconcile_plan(entries: list[dict[str, Any]], target: int, cfg: AgentWriteConfig) -> list[dict[str, Any]]:
@@ -330,6 +349,8 @@ class AgentWriter:
                 return reconcile_plan(parse_plan(res.text), doc.target_words, cfg)
             except DocumentError as e:
                 reason = str(e)
+        if cfg.plan_fallback:
+            return fallback_plan(doc.target_words, lang, cfg)
         raise DocumentError(f"no usable plan after {cfg.plan_retries + 1} attempts: {reason}")
 
     # -- sections

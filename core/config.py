@@ -51,6 +51,7 @@ class AgentWriteConfig:
     max_section_words: int = _f(700, "largest section budget; bigger plan entries are split")
     max_sections: int = _f(30, "upper bound on plan length")
     plan_retries: int = _f(3, "extra plan attempts when the plan is not valid JSON or unusable")
+    plan_fallback: bool = _f(True, "after the retries, write with an even generic plan instead of failing the document")
     temperature: float = _f(0.7, "sampling temperature for section text")
     top_p: float = _f(0.95, "nucleus sampling")
     plan_temperature: float = _f(0.5, "sampling temperature for the plan")

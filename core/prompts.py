@@ -57,4 +57,11 @@ OMITTED = {
     "zh": "（第 1 至 {k} 部分已写完，下面只显示最近的部分。）",
 }
 
+# Points of the fallback plan (opening, middle parts, closing) when the model cannot plan.
+FALLBACK_POINTS = {
+    "en": ("Open the piece and set out its subject", "Develop the subject further with new material",
+           "Bring the piece to a close"),
+    "zh": ("开篇，点明主题", "继续展开主题，写出新的内容", "总结全文，收尾"),
+}
+
 DIRECT = {"en": "{instruction}", "zh": "{instruction}"}

@@ -11,6 +11,7 @@ tests/test_vllm_engine.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import re
@@ -304,11 +305,33 @@ def test_invalid_plan_is_retried() -> None:
 
 
 @pytest.mark.parametrize("bad", ["no json here", GenResult('{"sections": [{"point": "Cut', "length")])
-def test_plan_always_unusable_fails(bad: str | GenResult) -> None:
+def test_plan_always_unusable_fails_without_fallback(bad: str | GenResult) -> None:
     eng = ScriptedEngine(lambda c: bad)
-    doc = write(eng, length=800)
+    doc = write(eng, length=800, cfg=dataclasses.replace(CFG, plan_fallback=False))
     assert doc.status == "failed" and "plan" in doc.error and not doc.sections
     assert len(eng.calls) == CFG.plan_retries + 1 and all(c.kind == "plan" for c in eng.calls)
+
+
+@pytest.mark.parametrize(("bad", "lang_prompt", "length"), [
+    ('{"sections": [{"point": "123", "words": 123}, {"point": "1.1.1", "words": 99}]}', None, 800),
+    ("no json here", None, 2000),
+    ('{"sections": [{"point": "1234567890", "words": 178}]}', "请写一篇800字的短文，介绍秋天。", 800),
+])
+def test_unplannable_prompt_gets_the_even_fallback_plan(bad: str, lang_prompt: str | None, length: int) -> None:
+    good = scripted([length])
+
+    def script(c: Call) -> str:
+        return bad if c.kind == "plan" else good(c) if lang_prompt is None else "秋天来了，树叶变黄。" * 20
+
+    eng = ScriptedEngine(script)
+    doc = write(eng, length=length, instruction=lang_prompt) if lang_prompt else write(eng, length=length)
+    assert doc.status == "ok", doc.error
+    assert len(eng.of("plan")) == CFG.plan_retries + 1
+    n_min, n_max = section_count_range(length, CFG)
+    assert n_min <= len(doc.plan) <= n_max and sum(p["words"] for p in doc.plan) == length
+    assert max(p["words"] for p in doc.plan) - min(p["words"] for p in doc.plan) <= 1  # even budgets
+    assert len(doc.sections) == len(doc.plan) and not any(ch.isdigit() for p in doc.plan for ch in p["point"])
+    assert all(p["point"] in prompts.FALLBACK_POINTS[doc.language] for p in doc.plan)
 
 
 def test_engine_error_becomes_a_failed_document() -> None:
