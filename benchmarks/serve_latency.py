@@ -52,8 +52,9 @@ async def drive(call, texts: list[str], concurrency: int) -> dict:
         nonlocal toks
         async with sem:
             t = time.perf_counter()
-            toks += await call(text)
+            n = await call(text)  # not `toks += await ...`: that reads toks before the await
             lat.append(time.perf_counter() - t)
+            toks += n
 
     t0 = time.perf_counter()
     await asyncio.gather(*[one(t) for t in texts])
