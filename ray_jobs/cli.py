@@ -71,33 +71,32 @@ def quiet_logs(debug: bool) -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 
-def main(argv: list[str] | None = None) -> int:
+# Sub-command of each `python -m ray_jobs.X` entry point (they all run through this parser).
+MODULE_COMMANDS = {"ray_jobs.write": "write", "ray_jobs.generate": "generate", "ray_jobs.evaluate": "eval",
+                   "ray_jobs.sft": "sft", "ray_jobs.pairs": "make-pairs", "ray_jobs.dpo": "dpo",
+                   "ray_jobs.serve_cmd": "serve"}
+
+
+def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
+    """The whole `longwriter` parser (``allow_abbrev=False`` for strict config checks)."""
+    import importlib
+
     parser = argparse.ArgumentParser(
         prog="longwriter",
         description="Plan-then-write long-form generation (AgentWrite) on vLLM and Ray.",
+        allow_abbrev=allow_abbrev,
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and engine logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from ray_jobs import write as write_cmd
+    for module in MODULE_COMMANDS:
+        importlib.import_module(module).register(sub)
+    for sp in sub.choices.values():
+        sp.allow_abbrev = allow_abbrev
+    return parser
 
-    write_cmd.register(sub)
-    try:
-        from ray_jobs import generate as generate_cmd
 
-        generate_cmd.register(sub)
-    except ImportError:  # pragma: no cover - optional until the job lands
-        pass
-    try:
-        from ray_jobs import evaluate as evaluate_cmd
-
-        evaluate_cmd.register(sub)
-    except ImportError:  # pragma: no cover - optional until the job lands
-        pass
-    for name in ("sft", "pairs", "dpo", "serve_cmd"):  # training: sft, make-pairs, dpo; serving
-        try:
-            __import__(f"ray_jobs.{name}", fromlist=["register"]).register(sub)
-        except ImportError:  # pragma: no cover - optional until the job lands
-            pass
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     quiet_logs(args.debug)
     try:

@@ -40,7 +40,7 @@ MANIFESTS = [RAYJOB_YAML, RAYSERVICE_YAML]
 # (so a wrong attribute name then fails). Nothing else may be listed here.
 
 # `python -m` targets that are not part of this repo but may appear in setup commands.
-EXTERNAL_MODULES = {"venv", "pip"}
+EXTERNAL_MODULES = {"venv", "pip", "pytest"}
 
 GPU_WORKER_TYPES = {"gpu_8b": 1, "gpu_70b_tp8": 8}  # node type -> GPUs per node
 
@@ -75,11 +75,22 @@ def cluster_commands(cfg: dict[str, Any]) -> list[str]:
     return cmds
 
 
+def readme_commands() -> list[tuple[str, str]]:
+    """(where, command) for each line of the README's bash blocks (continuations joined)."""
+    text = (ROOT / "README.md").read_text()
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                out.append(("README.md", line))
+    return out
+
+
 def all_commands() -> list[tuple[str, str]]:
-    """(where, shell command) for every command the configs run."""
+    """(where, shell command) for every command the configs and the README run."""
     out = [("cluster.yaml", c) for c in cluster_commands(load_cluster())]
     out.append(("k8s/rayjob-generate.yaml entrypoint", one_of_kind(RAYJOB_YAML, "RayJob")["spec"]["entrypoint"]))
-    return out
+    return out + readme_commands()
 
 
 def simple_commands(cmd: str) -> Iterator[list[str]]:
@@ -169,13 +180,23 @@ def import_path_problem(path: str) -> str | None:
     return None
 
 
-def job_parser(module: str) -> argparse.ArgumentParser:
-    """The real flag parser of a job module (its ``add_flags``), without abbreviations."""
-    mod = importlib.import_module(module)
-    assert hasattr(mod, "add_flags"), f"{module} has no add_flags(parser): cannot check its flags"
-    p = argparse.ArgumentParser(prog=f"python -m {module}", allow_abbrev=False)
-    mod.add_flags(p)
-    return p
+class JobParser:
+    """The real `longwriter` parser behind one entry point, abbreviations off (typos fail)."""
+
+    def __init__(self, module: str | None = None):
+        from ray_jobs.cli import MODULE_COMMANDS, build_parser
+
+        assert module is None or module in MODULE_COMMANDS, f"{module} is not an entry point of ray_jobs.cli"
+        self.prefix = [MODULE_COMMANDS[module]] if module else []
+        self.prog = f"python -m {module}" if module else "longwriter"
+        self.parser = build_parser(allow_abbrev=False)
+
+    def parse_args(self, args: list[str]) -> argparse.Namespace:
+        return self.parser.parse_args([*self.prefix, *args])
+
+
+def job_parser(module: str) -> JobParser:
+    return JobParser(module)
 
 
 def parse_or_fail(parser: argparse.ArgumentParser, args: list[str], where: str) -> argparse.Namespace:
@@ -456,7 +477,7 @@ def test_flags_are_accepted_by_the_job_parsers():
         for script, args in console_script_calls(cmd, scripts):
             assert import_path_problem(scripts[script]) is None, import_path_problem(scripts[script])
             assert args, f"{where}: `{script}` without a sub-command"
-            parse_or_fail(job_parser(f"ray_jobs.{args[0]}"), args[1:], where)
+            parse_or_fail(JobParser(), args, where)
             checked += 1
     assert checked >= 1
 
