@@ -270,6 +270,28 @@ def test_dpo_raises_reward_margin(tmp_path, tiny_model):
     assert list((tmp_path / "dpo" / "ray_train" / s["run_name"]).glob("checkpoint_*/checkpoint/trainer_state.json"))
 
 
+@pytest.mark.slow  # real vLLM (CPU) samples, then real Ray Train + trl on them
+def test_make_pairs_on_the_real_model_then_dpo_on_its_pairs(tmp_path, tiny_model):
+    """The chain as a user runs it: `longwriter make-pairs` on the embedded model, then `longwriter dpo`."""
+    inp = tmp_path / "prompts.jsonl"
+    inp.write_text("\n".join(json.dumps({"id": f"p{i}", "prompt": f"Write a short note about {t}.", "length": 120})
+                             for i, t in enumerate(TOPICS[:4])) + "\n")
+    r = cli("make-pairs", "--input", str(inp), "--output", str(tmp_path / "pairs"), "--samples", "4",
+            "--min-margin", "0", "--enforce-eager", "--max-model-len", "2048", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pairs = pq.read_table(tmp_path / "pairs" / "pairs.parquet").to_pylist()
+    assert 1 <= len(pairs) <= 4
+    for p in pairs:  # best vs worst by S_l against the 120-word target, on real model output
+        assert p["chosen_score"] >= p["rejected_score"] and p["chosen"] != p["rejected"]
+        assert p["target_words"] == 120 and p["model"] == "SmolLM2-135M-Instruct"
+    r = cli("dpo", "--pairs", str(tmp_path / "pairs"), "--model", tiny_model, "--output", str(tmp_path / "dpo"),
+            "--num-workers", "2", "--max-steps", "4", "--save-steps", "4", "--max-length", "512", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "dpo" / "summary.json").read_text())
+    assert summary["global_step"] == 4 and summary["rows"] == len(pairs)
+    assert (tmp_path / "dpo" / "model" / "model.safetensors").is_file()
+
+
 @pytest.mark.slow  # real Ray Train + trl: the same command again, with more steps
 def test_sft_rerun_same_name_continues(sft_run, tiny_model):
     """Rerunning with the same output (hence run name) continues from the stored checkpoint."""
