@@ -43,7 +43,8 @@ async def main_async(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in open(args.data, encoding="utf-8")]
     if args.shortest:
         rows = sorted(rows, key=lambda r: r["length"])[: args.shortest]
-    engine = build_engine(EngineConfig(model=args.model, enforce_eager=args.enforce_eager))
+    engine = build_engine(EngineConfig(model=args.model, enforce_eager=args.enforce_eager,
+                                       kv_cache_gib=args.kv_cache_gib, max_num_seqs=max(64, len(rows))))
     writer = AgentWriter(engine, AgentWriteConfig())
     results = {}
     for mode in args.modes.split(","):
@@ -76,6 +77,8 @@ def main() -> None:
     p.add_argument("--modes", default="agentwrite,direct")
     p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--kv-cache-gib", type=float, default=8.0,
+                   help="CPU KV cache: all prompts are in flight at once, each with a growing context")
     asyncio.run(main_async(p.parse_args()))
 
 

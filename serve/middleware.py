@@ -1,8 +1,9 @@
 """ASGI middleware of the Serve app: the optional API key, and Retry-After on overload.
 
 Both are plain ASGI so they also cover the OpenAI routes that ``ray.serve.llm`` defines.
-The key lives in this module, set by the ingress replica at start-up: it never travels in
-the deployment's code, options or runtime_env, so it does not show in the Ray dashboard.
+The key lives in this module, set by the ingress replica at start-up from
+``$LONGWRITER_API_KEY`` on its node (or ``ServeConfig.api_key``): taken from the environment it
+never travels in the deployment's options or runtime_env, so it does not show in the dashboard.
 """
 
 from __future__ import annotations

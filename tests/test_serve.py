@@ -262,3 +262,20 @@ def test_load_scales_out_sheds_overload_and_scales_back(app):
     r = httpx.post(app["base"] + "/v1/chat/completions", headers=AUTH, timeout=120,
                    json={"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})
     assert r.status_code == 200  # no replica crashed
+
+
+def test_repo_serve_config_builds_the_app():
+    """serve/config.yaml (what `serve run` / `serve deploy` take) builds the app graph as is."""
+    from ray.serve.deployment import Application
+
+    from conftest import ROOT
+    from ray_jobs.serve_cmd import app_args_from_file
+    from serve.app import app_builder
+
+    args, http = app_args_from_file(str(ROOT / "serve" / "config.yaml"))
+    assert http["port"] == 8000
+    assert isinstance(app_builder(args), Application)
+    with pytest.raises(ValueError, match="unknown ServeConfig field"):
+        app_builder({**args, "serve": {"max_replica": 3}})
+    with pytest.raises(ValueError, match="min_replicas"):
+        app_builder({**args, "serve": {"min_replicas": 3, "max_replicas": 2}})
