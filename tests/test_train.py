@@ -285,10 +285,12 @@ def test_make_pairs_on_the_real_model_then_dpo_on_its_pairs(tmp_path, tiny_model
         assert p["chosen_score"] >= p["rejected_score"] and p["chosen"] != p["rejected"]
         assert p["target_words"] == 120 and p["model"] == "SmolLM2-135M-Instruct"
     r = cli("dpo", "--pairs", str(tmp_path / "pairs"), "--model", tiny_model, "--output", str(tmp_path / "dpo"),
-            "--num-workers", "2", "--max-steps", "4", "--save-steps", "4", "--max-length", "512", timeout=600)
+            "--num-workers", "2", "--max-steps", "12", "--save-steps", "12", "--max-length", "512",
+            "--learning-rate", "5e-3", "--beta", "0.1", "--seed", "3", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "dpo" / "summary.json").read_text())
-    assert summary["global_step"] == 4 and summary["rows"] == len(pairs)
+    assert summary["global_step"] == 12 and summary["rows"] == len(pairs)
+    assert summary["mean_margin_last"] > summary["mean_margin_first"], summary["margins"]
     assert (tmp_path / "dpo" / "model" / "model.safetensors").is_file()
 
 
