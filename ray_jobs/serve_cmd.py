@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         if key in http and getattr(args, key) is None:
             setattr(args, key, http[key])
     configs = {name: build_config(cls, args, file_args.get(name)) for name, cls in SECTIONS.items()}
+    # --api-key is the app's key (ServeConfig); the engine's own api_key is for --endpoint clients.
+    configs["engine"] = dataclasses.replace(configs["engine"], api_key=None)
     merged = {name: dataclasses.asdict(cfg) for name, cfg in configs.items()}
     scfg = configs["serve"]
     if not 0 < scfg.port < 65536:
