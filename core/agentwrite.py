@@ -410,9 +410,9 @@ class AgentWriter:
             carry = (planned_before - written) / (n - k)  # spread any surplus / deficit forward
             budget = int(max(0.5 * doc.plan[k]["words"], min(1.5 * doc.plan[k]["words"], doc.plan[k]["words"] + carry)))
             history.append([{"role": "user", "content": prompts.STEP[lang].format(k=k + 1, n=n, words=budget, point=point)}])
-            part, finish, dropped = await self._section_call(doc, k, budget, history, dropped, "section")
+            part, raw, finish, dropped = await self._section_call(doc, k, budget, history, dropped, "section")
             parts = [part]
-            history[-1].append({"role": "assistant", "content": part})
+            history[-1].append({"role": "assistant", "content": raw})
             for _ in range(cfg.max_continuations):
                 have = count_words("\n\n".join(parts))
                 # Only a model that chose to stop short gets asked for more: one cut off at
@@ -420,8 +420,8 @@ class AgentWriter:
                 if finish != "stop" or have >= cfg.continue_below * budget:
                     break
                 history[-1].append({"role": "user", "content": prompts.CONTINUE[lang].format(k=k + 1, words=budget - have)})
-                part, finish, dropped = await self._section_call(doc, k, budget - have, history, dropped, "continue")
-                history[-1].append({"role": "assistant", "content": part})
+                part, raw, finish, dropped = await self._section_call(doc, k, budget - have, history, dropped, "continue")
+                history[-1].append({"role": "assistant", "content": raw})
                 parts.append(part)
             text = "\n\n".join(p for p in parts if p)
             sec = Section(index=k, point=point, budget=doc.plan[k]["words"], text=text, words=count_words(text))
@@ -432,7 +432,13 @@ class AgentWriter:
             await _maybe(on_event, "section", doc)
 
     async def _section_call(self, doc: Document, k: int, words: int, history: list[list[Message]],
-                            dropped: int, kind: str) -> tuple[str, str, int]:
+                            dropped: int, kind: str) -> tuple[str, str, str, int]:
+        """One section call: (clean text for the document, raw text for the history, finish, dropped).
+
+        The history keeps the model's text exactly as generated, so the next step's prompt
+        extends this step's tokens and the prefix cache serves all of it; cleaning the history
+        (a dropped preamble or heading) would break the cached prefix at that point.
+        """
         cfg = self.cfg
         tpw = self._tokens_per_word(doc)
         max_tokens = int(words * tpw * cfg.max_budget_share) + 16
@@ -445,7 +451,7 @@ class AgentWriter:
         text = clean_section(res.text)
         if res.finish_reason == "length":
             text = trim_to_sentence(text)
-        return text, res.finish_reason, dropped
+        return text, res.text, res.finish_reason, dropped
 
     # -- helpers
 
