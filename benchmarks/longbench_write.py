@@ -28,13 +28,20 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "longbench-writ
 
 
 async def run_mode(writer: AgentWriter, rows: list[dict], mode: str) -> list[dict]:
+    t0, done = time.perf_counter(), 0
+
     async def one(i: int, r: dict) -> dict:
+        nonlocal done
         if mode == "direct":
             doc = await writer.write_direct(r["prompt"], doc_id=f"lb{i}", length=r["length"])
         else:
             doc = await writer.write(r["prompt"], doc_id=f"lb{i}", length=r["length"])
-        return {"required": r["length"], "produced": doc.word_count, "status": doc.status,
-                "tokens": doc.generated_tokens, "s_l": length_score(r["length"], doc.word_count)}
+        row = {"required": r["length"], "produced": doc.word_count, "status": doc.status,
+               "tokens": doc.generated_tokens, "s_l": length_score(r["length"], doc.word_count)}
+        done += 1  # progress on stderr: the longest prompts take most of the run
+        print(f"  [{mode} {done}/{len(rows)} {time.perf_counter() - t0:5.0f} s] required {row['required']:>6}, "
+              f"produced {row['produced']:>6}, S_l {row['s_l']:5.1f}, {row['status']}", file=sys.stderr, flush=True)
+        return row
 
     return await asyncio.gather(*(one(i, r) for i, r in enumerate(rows)))
 

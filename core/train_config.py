@@ -7,6 +7,8 @@ metadata, which ``longwriter sft --help`` shows with the default. No Ray imports
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 from dataclasses import dataclass
 
 from core.config import _f
@@ -44,9 +46,9 @@ class TrainJobConfig:
     max_failures: int = _f(2, "worker-group restarts (from the latest checkpoint) before the job fails")
     logging_steps: int = _f(1, "log loss and learning rate every N steps")
     seed: int = _f(42, "seed for weights init of new heads, data order and dropout")
-    fsdp: str | None = _f(None, "passed to the HF trainer as `fsdp` (e.g. 'full_shard auto_wrap'); GPU only")
-    fsdp_config: str | None = _f(None, "path of an FSDP config JSON passed to the HF trainer")
-    deepspeed: str | None = _f(None, "path of a DeepSpeed config JSON passed to the HF trainer")
+    fsdp: str | None = _f(None, "FSDP across the workers: 'true', or the HF trainer's option string (e.g. 'full_shard auto_wrap'); implied by --fsdp-config; needs --use-gpu")
+    fsdp_config: str | None = _f(None, "FSDP config JSON for the HF trainer (example: configs/fsdp2_llama8b.json); turns FSDP on")
+    deepspeed: str | None = _f(None, "DeepSpeed config JSON for the HF trainer (example: configs/deepspeed_zero3.json); needs --use-gpu and deepspeed installed")
     fail_at_step: int | None = _f(None, "testing only: worker rank 1 exits at this step once (before any checkpoint was restored)")
 
     def resolved_run_name(self, job: str) -> str:
@@ -68,6 +70,29 @@ class TrainJobConfig:
             raise ValueError("--max-steps must be -1 (use --epochs) or >= 1")
         if self.per_device_batch_size < 1 or self.gradient_accumulation < 1 or self.save_steps < 1:
             raise ValueError("--per-device-batch-size, --gradient-accumulation and --save-steps must be >= 1")
+        sharded = bool(self.fsdp or self.fsdp_config)
+        if sharded and self.deepspeed:
+            raise ValueError("choose one of FSDP (--fsdp/--fsdp-config) and --deepspeed")
+        if (sharded or self.deepspeed) and not self.use_gpu:
+            raise ValueError("--fsdp/--fsdp-config/--deepspeed shard across GPUs: add --use-gpu")
+        for flag, path in (("--fsdp-config", self.fsdp_config), ("--deepspeed", self.deepspeed)):
+            if path:
+                _check_json_file(flag, path)
+        if self.deepspeed and importlib.util.find_spec("deepspeed") is None:
+            raise ValueError("--deepspeed needs the deepspeed package on the driver and every GPU worker (pip install deepspeed)")
+
+
+def _check_json_file(flag: str, path: str) -> None:
+    """A sharding config must be a readable JSON object (checked on the driver, before Ray starts)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot read it ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} {path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{flag} {path}: expected a JSON object")
 
 
 @dataclass

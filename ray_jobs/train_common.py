@@ -282,10 +282,11 @@ def training_kwargs(cfg: TrainJobConfig, output_dir: str) -> dict[str, Any]:
         dataloader_num_workers=0,
         max_length=cfg.max_length,
     )
-    if cfg.fsdp:
-        kw["fsdp"] = cfg.fsdp
-    if cfg.fsdp_config:
-        kw["fsdp_config"] = cfg.fsdp_config
+    if cfg.fsdp or cfg.fsdp_config:
+        legacy = cfg.fsdp and cfg.fsdp.strip().lower() not in ("true", "1", "yes", "on")
+        kw["fsdp"] = cfg.fsdp if legacy else True
+        if cfg.fsdp_config:
+            kw["fsdp_config"] = cfg.fsdp_config
     if cfg.deepspeed:
         kw["deepspeed"] = cfg.deepspeed
     return kw
@@ -303,13 +304,35 @@ def lora_config(cfg: TrainJobConfig) -> Any:
                       target_modules=targets, task_type="CAUSAL_LM")
 
 
+def make_trainer(cfg: TrainJobConfig, model_path: str, builder: str, table: Any, output_dir: str) -> tuple[Any, Any]:
+    """The job's HF trainer on this process's device, from the pre-tokenized table: (trainer, tokenizer).
+
+    Has no Ray in it, so the GPU check (benchmarks/train_gpu.py) builds exactly what a worker
+    builds on a machine without Ray.
+    """
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    train_ds = datasets.Dataset(table) if isinstance(table, pa.Table) else table
+    tok = load_tokenizer(model_path)
+    dtype = torch.bfloat16 if (cfg.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()) \
+        else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    model.config.pad_token_id = tok.pad_token_id
+    module, fn = builder.split(":")
+    build: Callable[..., Any] = getattr(importlib.import_module(module), fn)
+    trainer = build(model=model, tokenizer=tok, train_dataset=train_ds, cfg=cfg,
+                    kwargs=training_kwargs(cfg, output_dir), peft_config=lora_config(cfg))
+    return trainer, tok
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import datasets
     import ray
     import ray.train
-    import torch
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
 
     cfg: TrainJobConfig = config["cfg"]
@@ -344,18 +367,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                   + (f"resuming from checkpoint at step {resumed_from}" if resume_dir else "starting from step 0"),
                   flush=True)
 
-        table = ray.get(config["data_ref"])
-        train_ds = datasets.Dataset(table) if isinstance(table, pa.Table) else table
-        tok = load_tokenizer(config["model_path"])
-        dtype = torch.bfloat16 if (cfg.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()) \
-            else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=dtype)
-        model.config.pad_token_id = tok.pad_token_id
-        module, fn = config["builder"].split(":")
-        build: Callable[..., Any] = getattr(importlib.import_module(module), fn)
-        kwargs = training_kwargs(cfg, os.path.join(workdir, "hf"))
-        trainer = build(model=model, tokenizer=tok, train_dataset=train_ds, cfg=cfg, kwargs=kwargs,
-                        peft_config=lora_config(cfg))
+        trainer, tok = make_trainer(cfg, config["model_path"], config["builder"], ray.get(config["data_ref"]),
+                                    os.path.join(workdir, "hf"))
 
         class Progress(TrainerCallback):
             """One compact line per log on rank 0 (visible in the driver)."""
@@ -476,7 +489,7 @@ def upload_dir(local_dir: str, dest: storage.Location) -> None:
 
 
 def build_tiny_model(out_dir: str, tokenizer_dir: str | None = None, hidden: int = 64, layers: int = 2,
-                     seed: int = 0) -> str:
+                     seed: int = 0, max_positions: int = 4096) -> str:
     """A randomly initialised Llama with the embedded model's tokenizer and chat template.
 
     Small enough to train in seconds on CPU; used by the tests and benchmarks/train_throughput.py.
@@ -492,7 +505,7 @@ def build_tiny_model(out_dir: str, tokenizer_dir: str | None = None, hidden: int
     heads = max(1, hidden // 64)  # head_dim 64: a size every attention backend (vLLM CPU too) supports
     conf = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                       max_position_embeddings=4096, tie_word_embeddings=True,
+                       max_position_embeddings=max(4096, max_positions), tie_word_embeddings=True,
                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                        pad_token_id=tok.pad_token_id)
     model = LlamaForCausalLM(conf)

@@ -333,3 +333,31 @@ def test_exported_model_runs_in_vllm(sft_run, tmp_path):
 
     r = asyncio.run(go())
     assert r.generated_tokens > 0
+
+
+def test_sharding_example_configs_reach_the_trainer(tmp_path):
+    """configs/*.json (the documented 8-GPU examples) pass our checks and transformers' own parsing."""
+    from trl import SFTConfig
+
+    from ray_jobs.train_common import training_kwargs
+
+    cfg = SFTJobConfig(data="x", output=str(tmp_path), use_gpu=True, fsdp_config=str(ROOT / "configs" / "fsdp2_llama8b.json"))
+    cfg.validate()
+    args = SFTConfig(**training_kwargs(cfg, str(tmp_path / "hf")))
+    assert args.fsdp is True and args.fsdp_plugin_args["fsdp_version"] == 2
+    assert args.fsdp_plugin_args["transformer_cls_names_to_wrap"] == "LlamaDecoderLayer"
+    assert args.fsdp_plugin_args["activation_checkpointing"] is True
+
+    ds = str(ROOT / "configs" / "deepspeed_zero3.json")
+    assert json.loads(Path(ds).read_text())["zero_optimization"]["stage"] == 3
+    with pytest.raises(ValueError, match="choose one of FSDP"):
+        SFTJobConfig(data="x", output="o", use_gpu=True, fsdp="true", deepspeed=ds).validate()
+    with pytest.raises(ValueError, match="--fsdp-config .*nope.json: cannot read it"):
+        SFTJobConfig(data="x", output="o", use_gpu=True, fsdp_config=str(tmp_path / "nope.json")).validate()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        SFTJobConfig(data="x", output="o", use_gpu=True, deepspeed=str(bad)).validate()
+    # On the command line: a one-line error, before Ray or a model is touched.
+    r = cli("sft", "--data", "x", "--output", str(tmp_path / "o"), "--fsdp-config", str(ROOT / "configs" / "fsdp2_llama8b.json"))
+    assert_one_line_error(r, "--fsdp/--fsdp-config/--deepspeed shard across GPUs: add --use-gpu")
