@@ -9,8 +9,10 @@ tokenizer, and prints one JSON line per variant:
     python benchmarks/train_gpu.py --variant lora --corpus out/examples
     python benchmarks/train_gpu.py --variant dpo  --corpus out/examples
     torchrun --nproc_per_node 1 benchmarks/train_gpu.py --variant fsdp --corpus out/examples
+    python benchmarks/train_gpu.py --variant packed --max-length 16384 --batch 1 --corpus out/examples
 
-``fsdp`` uses configs/fsdp2_llama8b.json (the documented 8-GPU example) on as many GPUs as
+``packed`` packs the corpus into --max-length rows (trl's BFD packing, padding-free) with
+gradient checkpointing: the long-sequence path. ``fsdp`` uses configs/fsdp2_llama8b.json (the documented 8-GPU example) on as many GPUs as
 torchrun starts. Reported: loss (or DPO margin) at the start and the end, trained tokens/s,
 peak GPU memory, and whether the exported model loads and generates. It also runs on CPU
 (use --hidden 64 --layers 2 --steps 4 there). The lent machine needs trl and datasets carried
@@ -51,7 +53,7 @@ def pairs_from_corpus(convs: list[list[dict[str, str]]]) -> list[dict[str, str]]
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", choices=["sft", "lora", "dpo", "fsdp"], required=True)
+    p.add_argument("--variant", choices=["sft", "lora", "dpo", "fsdp", "packed"], required=True)
     p.add_argument("--corpus", required=True, help="output of longwriter generate (its messages column)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory; default: the embedded model's")
     p.add_argument("--hidden", type=int, default=2048, help="width of the random Llama (2048 x 16 layers: ~0.6B)")
@@ -88,7 +90,7 @@ def main() -> None:
         builder = "ray_jobs.dpo:build_trainer"
     else:
         cfg = SFTJobConfig(data=a.corpus, learning_rate=3e-4, lora=a.variant == "lora",
-                           gradient_checkpointing=a.variant in ("sft", "lora"),
+                           gradient_checkpointing=a.variant in ("sft", "lora", "packed"), packing=a.variant == "packed",
                            fsdp_config=a.fsdp_config if a.variant == "fsdp" else None, **common)
         table, _ = tokenize_corpus(convs, cfg, tok)
         builder = "ray_jobs.sft:build_trainer"
@@ -106,7 +108,7 @@ def main() -> None:
     model_uri = export_model(trainer, tok, {"cfg": cfg, "scfg": StorageConfig()}, rank, str(work / f"exp-{a.variant}"))
     row = {"variant": a.variant, "device": torch.cuda.get_device_name() if gpu else "cpu",
            "params_m": round(sum(p.numel() for p in trainer.model.parameters()) / 1e6, 1),
-           "steps": trainer.state.global_step, "rows": table.num_rows, f"{key}_first": series[0], f"{key}_last": series[-1],
+           "steps": trainer.state.global_step, "rows": len(trainer.train_dataset), "max_length": a.max_length, f"{key}_first": series[0], f"{key}_last": series[-1],
            "tokens_per_s": round(tokens / max(out.metrics.get("train_runtime", secs), 1e-9)),
            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
            "bf16": bool(trainer.args.bf16), "wall_s": round(secs, 1)}
