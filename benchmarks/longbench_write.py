@@ -1,7 +1,7 @@
 """LongBench-Write length score S_l, AgentWrite vs direct, same engine and model in one run.
 
-    python benchmarks/longbench_write.py --shortest 20            # issue target: agentwrite S_l >= 80
-    python benchmarks/longbench_write.py                          # all 60 English prompts, both modes
+    python benchmarks/longbench_write.py --shortest 20            # a quick look (~10 min on 2 cores)
+    python benchmarks/longbench_write.py                          # all 60 English prompts, both modes (target: agentwrite >= 90)
 
 Prints S_l per mode and per length bucket, and the ratio agentwrite / direct (the baseline is
 measured in the same run on the same engine). Not a test: numbers vary with sampling.
