@@ -51,6 +51,12 @@ class TrainJobConfig:
     deepspeed: str | None = _f(None, "DeepSpeed config JSON for the HF trainer (example: configs/deepspeed_zero3.json); needs --use-gpu and deepspeed installed")
     fail_at_step: int | None = _f(None, "testing only: worker rank 1 exits at this step once (before any checkpoint was restored)")
 
+    @property
+    def fsdp_enabled(self) -> bool:
+        """--fsdp-config, or --fsdp with anything but false/0/no/off."""
+        off = (self.fsdp or "").strip().lower() in ("", "false", "0", "no", "off")
+        return bool(self.fsdp_config) or not off
+
     def resolved_run_name(self, job: str) -> str:
         if self.run_name:
             return self.run_name
@@ -70,7 +76,7 @@ class TrainJobConfig:
             raise ValueError("--max-steps must be -1 (use --epochs) or >= 1")
         if self.per_device_batch_size < 1 or self.gradient_accumulation < 1 or self.save_steps < 1:
             raise ValueError("--per-device-batch-size, --gradient-accumulation and --save-steps must be >= 1")
-        sharded = bool(self.fsdp or self.fsdp_config)
+        sharded = self.fsdp_enabled
         if sharded and self.deepspeed:
             raise ValueError("choose one of FSDP (--fsdp/--fsdp-config) and --deepspeed")
         if (sharded or self.deepspeed) and not self.use_gpu:

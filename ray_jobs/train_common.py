@@ -282,8 +282,8 @@ def training_kwargs(cfg: TrainJobConfig, output_dir: str) -> dict[str, Any]:
         dataloader_num_workers=0,
         max_length=cfg.max_length,
     )
-    if cfg.fsdp or cfg.fsdp_config:
-        legacy = cfg.fsdp and cfg.fsdp.strip().lower() not in ("true", "1", "yes", "on")
+    if cfg.fsdp_enabled:
+        legacy = cfg.fsdp and cfg.fsdp.strip().lower() not in ("true", "1", "yes", "on", "false", "0", "no", "off")
         kw["fsdp"] = cfg.fsdp if legacy else True
         if cfg.fsdp_config:
             kw["fsdp_config"] = cfg.fsdp_config

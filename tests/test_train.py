@@ -361,3 +361,11 @@ def test_sharding_example_configs_reach_the_trainer(tmp_path):
     # On the command line: a one-line error, before Ray or a model is touched.
     r = cli("sft", "--data", "x", "--output", str(tmp_path / "o"), "--fsdp-config", str(ROOT / "configs" / "fsdp2_llama8b.json"))
     assert_one_line_error(r, "--fsdp/--fsdp-config/--deepspeed shard across GPUs: add --use-gpu")
+
+
+def test_fsdp_false_means_off(tmp_path):
+    from ray_jobs.train_common import training_kwargs
+
+    cfg = SFTJobConfig(data="x", output=str(tmp_path), fsdp="false")
+    cfg.validate()  # no --use-gpu needed: FSDP is off
+    assert not cfg.fsdp_enabled and "fsdp" not in training_kwargs(cfg, str(tmp_path / "hf"))
