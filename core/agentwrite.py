@@ -10,7 +10,8 @@ The state machine per document:
    and ``min_tokens`` come from the section's word budget and a tokens-per-word ratio that
    starts from the tokenizer's estimate and is corrected by what this document actually wrote.
    Words over or under budget are carried into the remaining sections' budgets. A section that
-   stops well short gets a continuation call. When the conversation nears the context window,
+   stops well short gets a continuation call; an answer that loops, or that is mostly echoed
+   instructions, is sampled once more with a repetition penalty and the better one kept. When the conversation nears the context window,
    whole early sections are dropped at once (with hysteresis) so the new prefix stays stable.
 
 Everything is async and engine-agnostic; many documents run concurrently on one engine.
@@ -187,23 +188,52 @@ _HEADING_RE = re.compile(
 )
 _PREAMBLE_RE = re.compile(
     r"^\s*(?:(?:sure|certainly|of course|here is|here's|okay)\b[^\n]{0,100}[:!.]"
-    r"|(?:write|writing) part \d+[^\n]{0,200}|现在写第[^\n]{0,200})\s*$", re.I)
-# Small models sometimes echo the step instruction back, anywhere in the answer.
-_ECHO_RE = re.compile(
-    r"^\s*(?:write part \d+ of \d+ now\b.*|do not (?:repeat earlier parts|add a title)\b.*"
-    r"|现在写第\s*\d+\s*部分.*|不要重复前文.*)$", re.I)
+    r"|writing part \d+[^\n]{0,60})\s*$", re.I)
+# Small models sometimes echo the step instruction back, anywhere in the answer. The echoed
+# words go; what follows them on the same line stays when it reads like the section's prose.
+_STEP_ECHO_RE = re.compile(
+    r"^\s*(?:write part \d+ of \d+(?: now)?\b[,:]?\s*(?:about \d+ words\b)?[,:.]?"
+    r"|现在写第\s*\d+\s*部分[^：:\n]{0,30}[：:]?)\s*", re.I)
+_RULE_ECHO_RE = re.compile(
+    r"do not (?:repeat earlier parts|add a title)[^.!?\n]*[.!?]?\s*|不要重复前文[^。\n]*。?\s*|不要加标题[^。\n]*。?\s*",
+    re.I)
+_LOOP_RATIO = 0.3  # repetition_ratio above this is a loop (prose stays under ~0.05)
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)）]*\s|[。！？][”’）」』]*")
 
 
 def clean_section(text: str) -> str:
-    """Drop "Part 3 - ..." style labels and chatty preambles the model adds to a section."""
+    """Drop "Part 3 - ..." style labels, chatty preambles and echoed instructions from a section."""
     lines = text.strip().splitlines()
     while lines and (not lines[0].strip() or _PREAMBLE_RE.match(lines[0])):
         lines.pop(0)
-    text = "\n".join(ln for ln in lines if not _ECHO_RE.match(ln))
-    text = _HEADING_RE.sub("", text)
+    kept = [ln for ln in (_strip_echo(ln) for ln in lines) if ln is not None]
+    text = _HEADING_RE.sub("", "\n".join(kept))
     text = re.sub(r"\n{3,}", "\n\n", text)
     return text.strip()
+
+
+def _strip_echo(line: str) -> str | None:
+    """``line`` without echoed step instructions; None when nothing of the model's own is left."""
+    out = line
+    m = _STEP_ECHO_RE.match(out)
+    if m:
+        rest = out[m.end():]
+        # After "Write part 2 of 5 now, about 300 words:" comes the echoed plan point (short,
+        # one clause) or, sometimes, the section itself (several sentences): keep only the latter.
+        if len(_SENTENCE_END.findall(rest + " ")) < 2 and count_words(rest) < 30:
+            return None
+        out = rest
+    out = _RULE_ECHO_RE.sub("", out)
+    if out == line:
+        return line
+    return out.rstrip() if out.strip() else None
+
+
+def repetition_ratio(text: str, n: int = 4) -> float:
+    """Share of repeated word n-grams (CJK: characters): ~0 for prose, near 1 for a loop."""
+    units = re.findall(r"[\u3400-\u9fff]|[^\W\d_]+", text.lower())
+    grams = [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if len(grams) >= 8 else 0.0
 
 
 def trim_to_sentence(text: str) -> str:
@@ -444,13 +474,33 @@ class AgentWriter:
         max_tokens = int(words * tpw * cfg.max_budget_share) + 16
         min_tokens = int(words * tpw * cfg.min_budget_share)
         msgs, dropped = self._fit(doc, history, dropped, max_tokens)
-        res = await self.engine.generate(msgs, sampling=SamplingSpec(
-            max_tokens=max_tokens, min_tokens=min(min_tokens, max_tokens - 1), temperature=cfg.temperature,
-            top_p=cfg.top_p, seed=self._seed(doc, k * 10 + (kind == "continue"))))
-        doc.calls.append(_stat(kind, k, res))
-        text = clean_section(res.text)
-        if res.finish_reason == "length":
-            text = trim_to_sentence(text)
+        best: tuple[float, CallStat, str, GenResult] | None = None
+        for attempt in range(cfg.resample_tries + 1):
+            # A small model at temperature > 0 now and then loops ("Tidal waves" x 9) or echoes
+            # the instructions, which clean-up removes: such an answer is sampled again, with a
+            # repetition penalty, and the better of the two is kept.
+            res = await self.engine.generate(msgs, sampling=SamplingSpec(
+                max_tokens=max_tokens, min_tokens=min(min_tokens, max_tokens - 1), temperature=cfg.temperature,
+                top_p=cfg.top_p, seed=self._seed(doc, k * 10 + (kind == "continue") + 2 * attempt),
+                repetition_penalty=cfg.resample_repetition_penalty if attempt else 1.0))
+            stat = _stat(kind, k, res)
+            doc.calls.append(stat)
+            text = clean_section(res.text)
+            if res.finish_reason == "length":
+                text = trim_to_sentence(text)
+            loop = repetition_ratio(text)
+            score = count_words(text) * (1.0 - loop)
+            if best is None or score > best[0]:
+                if best is not None:
+                    best[1].kind = "discarded"
+                best = (score, stat, text, res)
+            else:
+                stat.kind = "discarded"
+            _, _, text, res = best
+            short = res.finish_reason == "length" and count_words(text) < cfg.continue_below * words
+            if repetition_ratio(text) <= _LOOP_RATIO and not short:
+                break
+        _, _, text, res = best
         return text, res.text, res.finish_reason, dropped
 
     # -- helpers

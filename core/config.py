@@ -59,6 +59,8 @@ class AgentWriteConfig:
     max_budget_share: float = _f(1.35, "max_tokens allows this share of each section's budget")
     continue_below: float = _f(0.7, "a section under this share of its budget gets a continuation call")
     max_continuations: int = _f(1, "continuation calls per section")
+    resample_tries: int = _f(1, "extra samples for a section answer that loops or that clean-up leaves under continue_below of its budget")
+    resample_repetition_penalty: float = _f(1.15, "repetition penalty for those extra samples (1 = none)")
     direct_max_share: float = _f(2.0, "direct mode: max_tokens allows this share of the target (capped by the context)")
     context_margin: int = _f(64, "tokens kept free in the context window")
     seed: int | None = _f(None, "base sampling seed (per document and step it is offset); None = random")

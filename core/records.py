@@ -22,7 +22,7 @@ SCHEMA_VERSION = "1"
 class CallStat:
     """Accounting for one engine call (the plan, a section, or a continuation)."""
 
-    kind: str  # "plan" | "section" | "continue" | "direct"
+    kind: str  # "plan" | "section" | "continue" | "direct" | "discarded" (a resampled-away answer)
     step: int  # section index (0-based); -1 for the plan
     prompt_tokens: int
     cached_tokens: int

@@ -27,6 +27,7 @@ from core.agentwrite import (
     DocumentError,
     WriteState,
     clean_section,
+    repetition_ratio,
     parse_plan,
     reconcile_plan,
     resolve_target,
@@ -97,7 +98,9 @@ def tag(k: int, cont: bool = False) -> str:
 
 def prose(n: int, first: str = "filler") -> str:
     """Exactly n words (count_words), in ten-word sentences."""
-    filler = "the old light stood over a grey and stormy sea".split()
+    # Made-up words that do not repeat as 4-grams for 1,001 words, so no answer looks like a loop.
+    a, b, c = "ka lo mi ne ru sa to".split(), "ber dan fel gor hin jul kem lar mon pel rit".split(), "ax".split()
+    filler = [a[i % 7] + b[(i // 7) % 11] + c[0] * (1 + (i // 77) % 13) for i in range(1001)]
     words = [first] + [filler[i % len(filler)] for i in range(n - 1)]
     return " ".join(" ".join(words[i:i + 10]) + "." for i in range(0, n, 10))
 
@@ -456,3 +459,55 @@ def test_echoed_step_instructions_are_removed_anywhere() -> None:
     text = ("Rain smells of earth.\nWrite part 5 of 1 now, about 400 words: \nThe air cools.\n"
             "Do not add a title or a number.\nDo not repeat earlier parts and do not add a title or a part number.\nEnd.")
     assert clean_section(text) == "Rain smells of earth.\nThe air cools.\nEnd."
+
+
+def test_echoed_step_keeps_the_prose_that_follows_it_on_the_line() -> None:
+    text = ("Write part 2 of 3 now: Salt is a mineral. The sea holds a lot of it. People mine it too.\n"
+            "It keeps food. Do not repeat earlier parts.")
+    assert clean_section(text) == "Salt is a mineral. The sea holds a lot of it. People mine it too.\nIt keeps food."
+
+
+def test_repetition_ratio_tells_loops_from_prose() -> None:
+    assert repetition_ratio("Tidal waves\n\n" * 9) > 0.8
+    assert repetition_ratio(prose(900)) == 0.0
+    assert repetition_ratio("the old light stood over a grey and stormy sea. " * 12) > 0.8
+    varied = ("Salt was money in Rome, and soldiers were paid partly in it. Later, salt roads crossed "
+              "Europe; towns such as Salzburg grew rich from the mines beneath them. Today most salt "
+              "comes from evaporating brine in shallow pans under the sun.")
+    assert repetition_ratio(varied) < 0.05
+    assert repetition_ratio("too short to judge") == 0.0
+
+
+VARIED = ("Rain fell on the harbour while the keeper counted ships. Each lantern had a name, and the "
+          "oldest was called Margaret after his mother. Gulls argued over fish heads near the pier. ")
+
+
+def test_looping_answer_is_resampled_with_a_penalty_and_the_better_kept() -> None:
+    def script(c: Call) -> str | GenResult:
+        if c.kind == "plan":
+            return plan_json([120])
+        if c.sampling.repetition_penalty == 1.0:
+            return GenResult("Tidal waves\n" * 40, "length")
+        return VARIED * 3
+    eng = ScriptedEngine(script)
+    doc = write(eng, length=120)
+    assert doc.status == "ok" and doc.text == (VARIED * 3).strip()
+    assert [c.kind for c in doc.calls] == ["plan", "discarded", "section"]
+    assert eng.calls[2].sampling.repetition_penalty == CFG.resample_repetition_penalty > 1
+    assert eng.calls[1].messages == eng.calls[2].messages  # the same prompt, sampled again
+
+
+def test_resample_keeps_the_first_answer_when_the_second_is_worse() -> None:
+    first = "The keeper wrote one line."  # short and cut off: worth another sample
+    def script(c: Call) -> str | GenResult:
+        if c.kind == "plan":
+            return plan_json([150])
+        return GenResult(first, "length") if c.sampling.repetition_penalty == 1.0 else GenResult("Waves " * 50, "length")
+    doc = write(ScriptedEngine(script), length=150)
+    assert doc.text == first and [c.kind for c in doc.calls] == ["plan", "section", "discarded"]
+
+
+def test_good_answer_is_not_resampled() -> None:
+    eng = ScriptedEngine(scripted([150]))
+    doc = write(eng, length=150, cfg=AgentWriteConfig(resample_tries=3))
+    assert [c.kind for c in doc.calls] == ["plan", "section"]

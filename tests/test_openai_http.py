@@ -186,18 +186,19 @@ def test_exactly_one_input(server):
         run(make_engine(server), messages=MSGS, prompt="x")
 
 
-def test_json_schema_and_min_tokens_forwarded(server):
+def test_json_schema_min_tokens_and_penalty_forwarded(server):
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     eng = make_engine(server)
-    run(eng, messages=MSGS, sampling=SamplingSpec(min_tokens=20, json_schema=schema))
+    run(eng, messages=MSGS, sampling=SamplingSpec(min_tokens=20, json_schema=schema, repetition_penalty=1.15))
     run(eng, prompt="p", sampling=SamplingSpec(json_schema=schema))
     (chat,) = server.hits("/v1/chat/completions")
-    assert chat.body["min_tokens"] == 20
+    assert chat.body["min_tokens"] == 20 and chat.body["repetition_penalty"] == 1.15
     assert chat.body["response_format"] == {
         "type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": True}}
     (comp,) = server.hits("/v1/completions")
     assert comp.body["structured_outputs"] == {"json": schema}
     assert "min_tokens" not in comp.body  # only sent when > 0
+    assert "repetition_penalty" not in comp.body  # a vLLM extra: only sent when asked for
 
 
 def test_schema_rejected_falls_back_once_and_remembers(server):

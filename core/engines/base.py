@@ -30,6 +30,7 @@ class SamplingSpec:
     top_p: float = 0.95
     stop: list[str] | None = None
     seed: int | None = None
+    repetition_penalty: float = 1.0  # > 1 discourages repeats (vLLM; sent to HTTP servers only when != 1)
     json_schema: dict[str, Any] | None = None  # structured output, when the backend has it
 
 

