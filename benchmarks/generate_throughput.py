@@ -71,10 +71,16 @@ async def pipeline(engine: VLLMEngine, docs: list[str], length: int, in_flight: 
     rec = Recorder(engine)
     writer = AgentWriter(rec, AgentWriteConfig())
     sem = asyncio.Semaphore(in_flight)
+    done = [0, 0]  # documents, output tokens
 
     async def one(i: int, text: str):
         async with sem:
-            return await writer.write(text, doc_id=f"d{i}", length=length)
+            doc = await writer.write(text, doc_id=f"d{i}", length=length)
+        done[0] += 1
+        done[1] += doc.generated_tokens
+        print(f"  [{done[0]}/{len(docs)}] {doc.status} {doc.word_count} words, {done[1]} tokens so far, "
+              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        return doc
 
     t0 = time.perf_counter()
     out = await asyncio.gather(*(one(i, t) for i, t in enumerate(docs)))

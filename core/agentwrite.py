@@ -32,6 +32,7 @@ from core.config import AgentWriteConfig
 from core.engines.base import Engine, EngineError, GenResult, Message, SamplingSpec
 from core.length import count_words, detect_language, parse_target_length
 from core.records import CallStat, Document, Section
+from core.scores import repeated_4gram_share
 
 DEFAULT_TOKENS_PER_WORD = {"en": 1.4, "zh": 1.6}
 EventFn = Callable[[str, Document], Any]
@@ -197,7 +198,7 @@ _STEP_ECHO_RE = re.compile(
 _RULE_ECHO_RE = re.compile(
     r"do not (?:repeat earlier parts|add a title)[^.!?\n]*[.!?]?\s*|不要重复前文[^。\n]*。?\s*|不要加标题[^。\n]*。?\s*",
     re.I)
-_LOOP_RATIO = 0.3  # repetition_ratio above this is a loop (prose stays under ~0.05)
+_LOOP_RATIO = 0.3  # repeated_4gram_share above this is a loop (prose stays under ~0.05)
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)）]*\s|[。！？][”’）」』]*")
 
 
@@ -227,13 +228,6 @@ def _strip_echo(line: str) -> str | None:
     if out == line:
         return line
     return out.rstrip() if out.strip() else None
-
-
-def repetition_ratio(text: str, n: int = 4) -> float:
-    """Share of repeated word n-grams (CJK: characters): ~0 for prose, near 1 for a loop."""
-    units = re.findall(r"[\u3400-\u9fff]|[^\W\d_]+", text.lower())
-    grams = [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
-    return 1 - len(set(grams)) / len(grams) if len(grams) >= 8 else 0.0
 
 
 def trim_to_sentence(text: str) -> str:
@@ -488,7 +482,7 @@ class AgentWriter:
             text = clean_section(res.text)
             if res.finish_reason == "length":
                 text = trim_to_sentence(text)
-            loop = repetition_ratio(text)
+            loop = repeated_4gram_share(text)
             score = count_words(text) * (1.0 - loop)
             if best is None or score > best[0]:
                 if best is not None:
@@ -498,7 +492,7 @@ class AgentWriter:
                 stat.kind = "discarded"
             _, _, text, res = best
             short = res.finish_reason == "length" and count_words(text) < cfg.continue_below * words
-            if repetition_ratio(text) <= _LOOP_RATIO and not short:
+            if repeated_4gram_share(text) <= _LOOP_RATIO and not short:
                 break
         _, _, text, res = best
         return text, res.text, res.finish_reason, dropped

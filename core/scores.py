@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from typing import Any, Iterable, Mapping
 
 from core.engines.base import Engine, EngineError, Message, SamplingSpec
@@ -32,6 +31,7 @@ __all__ = [
     "overall_score",
     "parse_judgment",
     "quality_score",
+    "repeated_4gram_share",
     "repetition_stats",
     "section_length_error",
     "tokenize",
@@ -81,6 +81,16 @@ def _has_repeat(ids: list[int], length: int) -> bool:
     return False
 
 
+def repeated_4gram_share(text: str) -> float:
+    """Of all word 4-gram occurrences, the share that repeats an earlier one (see below)."""
+    return _repeated_share(tokenize(text)[:REPETITION_MAX_TOKENS])
+
+
+def _repeated_share(toks: list[str]) -> float:
+    grams = [tuple(toks[i:i + _NGRAM]) for i in range(len(toks) - _NGRAM + 1)]
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+
+
 def repetition_stats(text: str) -> dict[str, Any]:
     """Repetition in a text, on :func:`tokenize` tokens (capped at the first 20,000).
 
@@ -94,9 +104,7 @@ def repetition_stats(text: str) -> dict[str, Any]:
     """
     toks = tokenize(text)[:REPETITION_MAX_TOKENS]
     n = len(toks)
-    grams = [tuple(toks[i:i + _NGRAM]) for i in range(n - _NGRAM + 1)]
-    counts = Counter(grams)
-    share = (len(grams) - len(counts)) / len(grams) if grams else 0.0
+    share = _repeated_share(toks)
     vocab: dict[str, int] = {}
     ids = [vocab.setdefault(t, len(vocab)) for t in toks]
     lo, hi = 0, max(0, n - 1)  # invariant: a span of lo repeats; none longer than hi can
