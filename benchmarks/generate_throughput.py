@@ -1,7 +1,7 @@
 """Throughput of AgentWrite generation, as ratios against baselines measured in the same run.
 
-    python benchmarks/generate_throughput.py                     # defaults: 96 docs x 900 words, 48 in flight
-    python benchmarks/generate_throughput.py --docs 128 --in-flight 64 --length 1500
+    python benchmarks/generate_throughput.py                     # 24 docs x 1,500 words, 12 in flight: ~20 min on 2 cores
+    python benchmarks/generate_throughput.py --docs 256 --in-flight 128 --length 3000   # a GPU
 
 Same model, same engine configuration (``max_num_seqs`` = ``--in-flight``), one process:
 
@@ -139,6 +139,8 @@ async def main_async(a: argparse.Namespace) -> None:
     hit = sum(c.cached_tokens for c in later) / max(1, sum(c.prompt_tokens for c in later))
     p_rate = gen / secs
     print(f"  {len(ok)}/{len(out)} ok, {gen} output tokens in {secs:.1f} s = {p_rate:.0f} tok/s", flush=True)
+    wasted = sum(c.generated_tokens for d in out for c in d.calls if c.kind == "discarded")
+    print(f"  of those, {wasted} ({wasted / max(1, gen):.0%}) in answers resampled away (loops)", flush=True)
     print("ceiling: the same requests replayed as one batch ...", flush=True)
     c_tok, c_secs = await ceiling(eng, calls)
     c_rate = c_tok / c_secs
@@ -159,9 +161,9 @@ async def main_async(a: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--docs", type=int, default=96)
-    p.add_argument("--length", type=int, default=900, help="target words per document")
-    p.add_argument("--in-flight", type=int, default=48, help="documents at once = the engine's max_num_seqs")
+    p.add_argument("--docs", type=int, default=24)
+    p.add_argument("--length", type=int, default=1500, help="target words per document")
+    p.add_argument("--in-flight", type=int, default=12, help="documents at once = the engine's max_num_seqs")
     p.add_argument("--kv-cache-gib", type=float, default=6.0, help="CPU KV cache (every document in flight keeps its context)")
     p.add_argument("--baseline-docs", type=int, default=8, help="documents for the (slow) baseline")
     p.add_argument("--model", default=None)
