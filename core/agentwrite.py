@@ -11,8 +11,9 @@ The state machine per document:
    starts from the tokenizer's estimate and is corrected by what this document actually wrote.
    Words over or under budget are carried into the remaining sections' budgets. A section that
    stops well short gets a continuation call; an answer that loops, or that is mostly echoed
-   instructions, is sampled once more with a repetition penalty and the better one kept. When the conversation nears the context window,
-   whole early sections are dropped at once (with hysteresis) so the new prefix stays stable.
+   instructions, is sampled once more with a repetition penalty and the better one kept. When
+   the conversation nears the context window, whole early sections are dropped at once (with
+   hysteresis) so the new prefix stays stable.
 
 Everything is async and engine-agnostic; many documents run concurrently on one engine.
 """
@@ -468,7 +469,7 @@ class AgentWriter:
         max_tokens = int(words * tpw * cfg.max_budget_share) + 16
         min_tokens = int(words * tpw * cfg.min_budget_share)
         msgs, dropped = self._fit(doc, history, dropped, max_tokens)
-        best: tuple[float, CallStat, str, GenResult] | None = None
+        best: tuple[float, float, CallStat, str, GenResult] | None = None  # score, loop share, ...
         for attempt in range(cfg.resample_tries + 1):
             # A small model at temperature > 0 now and then loops ("Tidal waves" x 9) or echoes
             # the instructions, which clean-up removes: such an answer is sampled again, with a
@@ -486,15 +487,15 @@ class AgentWriter:
             score = count_words(text) * (1.0 - loop)
             if best is None or score > best[0]:
                 if best is not None:
-                    best[1].kind = "discarded"
-                best = (score, stat, text, res)
+                    best[2].kind = "discarded"
+                best = (score, loop, stat, text, res)
             else:
                 stat.kind = "discarded"
-            _, _, text, res = best
+            _, loop, _, text, res = best
             short = res.finish_reason == "length" and count_words(text) < cfg.continue_below * words
-            if repeated_4gram_share(text) <= _LOOP_RATIO and not short:
+            if loop <= _LOOP_RATIO and not short:
                 break
-        _, _, text, res = best
+        _, _, _, text, res = best
         return text, res.text, res.finish_reason, dropped
 
     # -- helpers
