@@ -215,6 +215,18 @@ def test_schema_rejected_falls_back_once_and_remembers(server):
     assert "response_format" not in bodies[1] and "response_format" not in bodies[2]
 
 
+def test_penalty_rejected_is_dropped_once_and_remembered(server):
+    """A plain OpenAI server rejects vLLM's repetition_penalty: resampled calls still work."""
+    server.script["/v1/chat/completions"] = [
+        (400, {"error": {"message": "Unrecognized request argument supplied: repetition_penalty"}}, {})]
+    eng = make_engine(server)
+    for _ in range(2):
+        assert run(eng, messages=MSGS, sampling=SamplingSpec(repetition_penalty=1.15)).text == "hello"
+    bodies = [r.body for r in server.hits("/v1/chat/completions")]
+    assert len(bodies) == 3 and bodies[0]["repetition_penalty"] == 1.15
+    assert "repetition_penalty" not in bodies[1] and "repetition_penalty" not in bodies[2]
+
+
 def test_schema_rejected_with_mode_on_raises(server):
     server.script["/v1/chat/completions"] = [
         (400, {"error": {"message": "response_format not supported"}}, {})]

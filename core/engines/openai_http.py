@@ -129,6 +129,7 @@ class OpenAIHTTPEngine:
         self.backoff_s = backoff_s
         self.json_schema_mode = json_schema_mode
         self._schema_supported = json_schema_mode != "off"
+        self._penalty_supported = True  # repetition_penalty is a vLLM extra; OpenAI itself rejects it
         self._need_discovery = model is None or max_model_len is None
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -244,16 +245,25 @@ class OpenAIHTTPEngine:
         path = "/chat/completions" if chat else "/completions"
         schema_sent = sp.json_schema is not None and self._schema_supported
         body = openai_body(messages, prompt, sp, self.model_name, json_schema=schema_sent)
+        if not self._penalty_supported:
+            body.pop("repetition_penalty", None)
         try:
             resp, latency, attempts = await self._request("POST", path, body)
         except EngineError as exc:
+            # Optional extras a server rejects with a 400 are dropped once and remembered.
             msg = str(exc)
-            rejected = "HTTP 400" in msg and any(w in msg.lower() for w in _SCHEMA_WORDS)
-            if not (schema_sent and rejected and self.json_schema_mode == "auto"):
+            lower = msg.lower()
+            if "HTTP 400" not in msg:
                 raise
-            self._schema_supported = schema_sent = False
-            body.pop("response_format", None)
-            body.pop("structured_outputs", None)
+            if schema_sent and self.json_schema_mode == "auto" and any(w in lower for w in _SCHEMA_WORDS):
+                self._schema_supported = schema_sent = False
+                body.pop("response_format", None)
+                body.pop("structured_outputs", None)
+            elif "repetition_penalty" in body and "repetition_penalty" in lower:
+                self._penalty_supported = False
+                body.pop("repetition_penalty")
+            else:
+                raise
             resp, latency, attempts = await self._request("POST", path, body)
             attempts += 1
         return result_from_openai(self._json(resp), chat, latency, attempts, schema_sent)
