@@ -474,14 +474,17 @@ class AgentWriter:
             # A small model at temperature > 0 now and then loops ("Tidal waves" x 9) or echoes
             # the instructions, which clean-up removes: such an answer is sampled again, with a
             # repetition penalty, and the better of the two is kept.
+            # An answer that may still be resampled is stopped as soon as it loops (where the
+            # engine streams), rather than running on to max_tokens only to be thrown away.
+            guard = _LOOP_RATIO if cfg.stop_loops and attempt < cfg.resample_tries else 0.0
             res = await self.engine.generate(msgs, sampling=SamplingSpec(
                 max_tokens=max_tokens, min_tokens=min(min_tokens, max_tokens - 1), temperature=cfg.temperature,
                 top_p=cfg.top_p, seed=self._seed(doc, k * 10 + (kind == "continue") + 2 * attempt),
-                repetition_penalty=cfg.resample_repetition_penalty if attempt else 1.0))
+                repetition_penalty=cfg.resample_repetition_penalty if attempt else 1.0, loop_guard=guard))
             stat = _stat(kind, k, res)
             doc.calls.append(stat)
             text = clean_section(res.text)
-            if res.finish_reason == "length":
+            if res.finish_reason in ("length", "loop"):
                 text = trim_to_sentence(text)
             loop = repeated_4gram_share(text)
             score = count_words(text) * (1.0 - loop)
@@ -493,7 +496,7 @@ class AgentWriter:
                 stat.kind = "discarded"
             _, loop, _, text, res = best
             short = res.finish_reason == "length" and count_words(text) < cfg.continue_below * words
-            if loop <= _LOOP_RATIO and not short:
+            if loop <= _LOOP_RATIO and not short and res.finish_reason != "loop":
                 break
         _, _, _, text, res = best
         return text, res.text, res.finish_reason, dropped

@@ -61,6 +61,8 @@ class AgentWriteConfig:
     max_continuations: int = _f(1, "continuation calls per section")
     resample_tries: int = _f(1, "extra samples for a section answer that loops or that clean-up leaves under continue_below of its budget")
     resample_repetition_penalty: float = _f(1.15, "repetition penalty for those extra samples (1 = none)")
+    stop_loops: bool = _f(True, "in-process vLLM: stop an answer that may still be resampled as soon as it loops (over 30%% "
+                                "repeated word 4-grams from 60 words on) instead of running it to max_tokens")
     direct_max_share: float = _f(2.0, "direct mode: max_tokens allows this share of the target (capped by the context)")
     context_margin: int = _f(64, "tokens kept free in the context window")
     seed: int | None = _f(None, "base sampling seed (per document and step it is offset); None = random")

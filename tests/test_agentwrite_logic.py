@@ -34,7 +34,7 @@ from core.agentwrite import (
     trim_to_sentence,
 )
 from core.config import AgentWriteConfig
-from core.engines.base import Engine, EngineError, GenResult, Message, SamplingSpec, check_one_input
+from core.engines.base import Engine, EngineError, GenResult, Message, SamplingSpec, check_one_input, is_looping
 from core.length import count_words
 from core.scores import repeated_4gram_share
 
@@ -489,6 +489,29 @@ def test_looping_answer_is_resampled_with_a_penalty_and_the_better_kept() -> Non
     assert [c.kind for c in doc.calls] == ["plan", "discarded", "section"]
     assert eng.calls[2].sampling.repetition_penalty == CFG.resample_repetition_penalty > 1
     assert eng.calls[1].messages == eng.calls[2].messages  # the same prompt, sampled again
+    # Only the answer that can still be resampled is guarded (stopped early where the engine streams).
+    assert eng.calls[1].sampling.loop_guard > 0 and eng.calls[2].sampling.loop_guard == 0
+
+
+def test_answer_stopped_as_a_loop_is_resampled_even_when_clean_up_leaves_prose() -> None:
+    def script(c: Call) -> str | GenResult:
+        if c.kind == "plan":
+            return plan_json([120])
+        if c.sampling.loop_guard:
+            return GenResult(VARIED + "Rain fell on the harbour while", "loop")  # cut where the engine stopped it
+        return VARIED * 3
+    doc = write(ScriptedEngine(script), length=120)
+    assert doc.text == (VARIED * 3).strip()
+    assert [(c.kind, c.finish_reason) for c in doc.calls][1:] == [("discarded", "loop"), ("section", "stop")]
+    eng = ScriptedEngine(script)
+    write(eng, length=120, cfg=AgentWriteConfig(stop_loops=False))
+    assert all(c.sampling.loop_guard == 0 for c in eng.calls)
+
+
+def test_is_looping_needs_enough_words() -> None:
+    assert is_looping("Tidal waves crash here. " * 20, 0.3)
+    assert not is_looping("Tidal waves crash here. " * 10, 0.3)  # 40 words: too few to judge
+    assert not is_looping(prose(200), 0.3) and not is_looping("Tidal waves crash here. " * 20, 0.0)
 
 
 def test_resample_keeps_the_first_answer_when_the_second_is_worse() -> None:

@@ -31,6 +31,13 @@ def test_min_and_max_tokens(vllm_engine, run_on_engine):
     assert r.generated_tokens == 7 and r.finish_reason == "length"
 
 
+def test_loop_guard_stops_a_looping_answer_early(vllm_engine, run_on_engine):
+    """Greedy text continuing a repeated line loops at once and is cut off long before max_tokens."""
+    spec = SamplingSpec(max_tokens=400, min_tokens=400, temperature=0, loop_guard=0.3)
+    r = run_on_engine(vllm_engine.generate(prompt="The lamp on the pier is bright tonight.\n" * 12, sampling=spec))
+    assert r.finish_reason == "loop" and r.generated_tokens < 200, (r.generated_tokens, r.text[:200])
+
+
 def test_structured_plan_is_valid_json(vllm_engine, run_on_engine):
     """The guidance backend keeps SmolLM2's plans valid (xgrammar let raw control chars through)."""
     schema = plan_schema(3, 5, 1500)

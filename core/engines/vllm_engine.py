@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from core.config import EngineConfig
-from core.engines.base import EngineError, GenResult, Message, SamplingSpec, check_one_input
+from core.engines.base import EngineError, GenResult, Message, SamplingSpec, check_one_input, is_looping
 from core.engines.chat_tokens import ChatTokenizer
 
 def cpu_only() -> bool:
@@ -37,6 +37,9 @@ def _cpu_env(cfg: EngineConfig) -> None:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{n - 1}" if n > 1 else "0"
         # Ray sets OMP_NUM_THREADS=1 in its workers; the engine's threads must match the binding.
         os.environ["OMP_NUM_THREADS"] = str(n)
+
+
+_GUARD_EVERY = 32  # new tokens between two loop checks of a guarded answer
 
 
 class VLLMEngine:
@@ -126,20 +129,30 @@ class VLLMEngine:
         )
         self.start()
         t0 = time.perf_counter()
-        final = None
+        final, looped, checked = None, False, 0
+        stream = self._engine.generate({"prompt_token_ids": ids}, params, f"lw-{next(self._ids)}-{uuid.uuid4().hex[:8]}")
         try:
-            async for out in self._engine.generate({"prompt_token_ids": ids}, params, f"lw-{next(self._ids)}-{uuid.uuid4().hex[:8]}"):
+            async for out in stream:
                 final = out
+                # A looping answer is stopped here, not at max_tokens: closing the stream aborts
+                # the request and frees its batch slot at once.
+                if s.loop_guard and out.outputs and len(out.outputs[0].token_ids) >= checked + _GUARD_EVERY:
+                    checked = len(out.outputs[0].token_ids)
+                    if is_looping(out.outputs[0].text, s.loop_guard):
+                        looped = True
+                        break
         except asyncio.CancelledError:
             raise
         except Exception as e:
             raise EngineError(f"vLLM generation failed: {_first_line(e)}") from e
+        if looped:
+            await stream.aclose()
         if final is None or not final.outputs:
             raise EngineError("vLLM returned no output")
         o = final.outputs[0]
         return GenResult(
             text=o.text,
-            finish_reason=o.finish_reason or "stop",
+            finish_reason="loop" if looped else (o.finish_reason or "stop"),
             prompt_tokens=len(ids),
             cached_tokens=int(final.num_cached_tokens or 0),
             generated_tokens=len(o.token_ids),
