@@ -473,9 +473,9 @@ class AgentWriter:
         for attempt in range(cfg.resample_tries + 1):
             # A small model at temperature > 0 now and then loops ("Tidal waves" x 9) or echoes
             # the instructions, which clean-up removes: such an answer is sampled again, with a
-            # repetition penalty, and the better of the two is kept.
-            # An answer that may still be resampled is stopped as soon as it loops (where the
-            # engine streams), rather than running on to max_tokens only to be thrown away.
+            # repetition penalty, and the better of the two is kept. An answer that may still be
+            # resampled is stopped as soon as it loops (where the engine streams), rather than
+            # running on to max_tokens only to be thrown away.
             guard = _LOOP_RATIO if cfg.stop_loops and attempt < cfg.resample_tries else 0.0
             res = await self.engine.generate(msgs, sampling=SamplingSpec(
                 max_tokens=max_tokens, min_tokens=min(min_tokens, max_tokens - 1), temperature=cfg.temperature,
