@@ -318,3 +318,12 @@ def quality_score(judgments: list[dict[str, int]]) -> float:
 def overall_score(s_l: float, s_q: float | None) -> float | None:
     """S = (S_l + S_q) / 2; None when there is no quality score."""
     return None if s_q is None else (s_l + s_q) / 2.0
+
+
+LOOP_MIN_WORDS = 60  # fewer words than this say too little about a loop
+
+
+def is_looping(text: str, guard: float) -> bool:
+    """True when ``text`` is long enough to judge and over ``guard`` of its word 4-grams repeat:
+    the check a streaming engine runs to stop a looping answer early (SamplingSpec.loop_guard)."""
+    return guard > 0 and count_words(text) >= LOOP_MIN_WORDS and repeated_4gram_share(text) > guard

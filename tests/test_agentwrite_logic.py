@@ -34,9 +34,9 @@ from core.agentwrite import (
     trim_to_sentence,
 )
 from core.config import AgentWriteConfig
-from core.engines.base import Engine, EngineError, GenResult, Message, SamplingSpec, check_one_input, is_looping
+from core.engines.base import Engine, EngineError, GenResult, Message, SamplingSpec, check_one_input
 from core.length import count_words
-from core.scores import repeated_4gram_share
+from core.scores import is_looping, repeated_4gram_share
 
 pytestmark = pytest.mark.timeout(60)
 CFG = AgentWriteConfig()

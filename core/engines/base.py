@@ -32,7 +32,7 @@ class SamplingSpec:
     seed: int | None = None
     repetition_penalty: float = 1.0  # > 1 discourages repeats (vLLM; sent to HTTP servers only when != 1)
     # Stop the answer early, with finish_reason "loop", once over this share of its word 4-grams
-    # are repeats (checked from LOOP_MIN_WORDS words on); 0 = off.  Backends that stream (the
+    # are repeats (core.scores.is_looping); 0 = off.  Backends that stream (the
     # in-process vLLM engine) honour it; the HTTP engine, which does not stream, ignores it.
     loop_guard: float = 0.0
     json_schema: dict[str, Any] | None = None  # structured output, when the backend has it
@@ -50,17 +50,6 @@ class GenResult:
     generated_tokens: int = 0
     latency_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-LOOP_MIN_WORDS = 60  # fewer words than this say too little about a loop
-
-
-def is_looping(text: str, guard: float) -> bool:
-    """True when ``text`` is long enough to judge and over ``guard`` of its word 4-grams repeat."""
-    from core.length import count_words
-    from core.scores import repeated_4gram_share
-
-    return guard > 0 and count_words(text) >= LOOP_MIN_WORDS and repeated_4gram_share(text) > guard
 
 
 @runtime_checkable

@@ -15,8 +15,9 @@ import uuid
 from typing import Any
 
 from core.config import EngineConfig
-from core.engines.base import EngineError, GenResult, Message, SamplingSpec, check_one_input, is_looping
+from core.engines.base import EngineError, GenResult, Message, SamplingSpec, check_one_input
 from core.engines.chat_tokens import ChatTokenizer
+from core.scores import is_looping
 
 def cpu_only() -> bool:
     try:
