@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import traceback
 from typing import Any, Callable
 
+from core import versions
 from core.config import AgentWriteConfig, EngineConfig, config_fields, update_config
+from ray_jobs import console
 
 
 def add_config_flags(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
@@ -62,15 +63,6 @@ def load_yaml(path: str | None) -> dict[str, Any]:
     return data
 
 
-def quiet_logs(debug: bool) -> None:
-    """vLLM and Ray log a lot at start-up; users of the CLI want the progress bar instead."""
-    if not debug:
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        os.environ.setdefault("TQDM_MININTERVAL", "0.5")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-
-
 # Sub-command of each `python -m ray_jobs.X` entry point (they all run through this parser).
 MODULE_COMMANDS = {"ray_jobs.write": "write", "ray_jobs.generate": "generate", "ray_jobs.evaluate": "eval",
                    "ray_jobs.sft": "sft", "ray_jobs.pairs": "make-pairs", "ray_jobs.dpo": "dpo",
@@ -86,7 +78,10 @@ def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
         description="Plan-then-write long-form generation (AgentWrite) on vLLM and Ray.",
         allow_abbrev=allow_abbrev,
     )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks and engine logs")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="show vLLM, Ray and library output on the terminal (default: in a log file whose "
+                             "path the first line names; also LONGWRITER_DEBUG=1)")
+    parser.add_argument("--debug", action="store_true", help="--verbose, plus full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in MODULE_COMMANDS:
         importlib.import_module(module).register(sub)
@@ -98,17 +93,21 @@ def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet_logs(args.debug)
+    console.start(args.command, console.verbose_requested(args.verbose or args.debug))
+    mismatch = versions.mismatch_line()
+    if mismatch:
+        console.say(mismatch)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        console.say("interrupted")
         return 130
     except Exception as e:  # one line for users; --debug for the traceback
         if args.debug:
-            traceback.print_exc()
+            traceback.print_exc(file=console.stream())
         msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"longwriter {args.command}: error: {msg}", file=sys.stderr)
+        where = f" (details: {console.log_path()})" if console.log_path() else ""
+        console.say(f"longwriter {args.command}: error: {msg}{where}")
         return 2
 
 

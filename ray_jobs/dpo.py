@@ -35,6 +35,7 @@ from ray_jobs.train_common import (
     resolve_model_path,
     run_training,
 )
+from ray_jobs import console
 
 _MSGS = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 DPO_DATA_SCHEMA = pa.schema([("prompt", _MSGS), ("chosen", _MSGS), ("rejected", _MSGS)])
@@ -81,7 +82,7 @@ def prepare_dpo_data(cfg: DPOJobConfig, rows: list[dict[str, str]], tok: Any) ->
     verb = "dropped" if cfg.on_too_long == "drop" else "truncated"
     if too_long:
         print(f"[dpo] {too_long} of {len(rows)} pairs are longer than --max-length {cfg.max_length} tokens: {verb}",
-              file=sys.stderr)
+              file=console.stream())
     if not out:
         raise DataError(f"no pairs left: all {len(rows)} are longer than --max-length {cfg.max_length} tokens")
     return pa.Table.from_pylist(out, schema=DPO_DATA_SCHEMA), {
@@ -104,7 +105,7 @@ def run_dpo(cfg: DPOJobConfig, scfg: StorageConfig | None = None) -> dict[str, A
     rows = read_pairs(cfg, scfg)  # bad input fails here, before any model is loaded
     tok = load_tokenizer(resolve_model_path(cfg.model))
     table, info = prepare_dpo_data(cfg, rows, tok)
-    print(f"[dpo] {info['rows']} pairs", file=sys.stderr)
+    print(f"[dpo] {info['rows']} pairs", file=console.stream())
     return run_training("dpo", cfg, scfg, table, "ray_jobs.dpo:build_trainer", info)
 
 

@@ -54,6 +54,7 @@ from core.scores import (
     repetition_stats,
     section_length_error,
 )
+from ray_jobs import console
 
 EMBEDDED_LABEL = "SmolLM2-135M-Instruct"
 
@@ -278,7 +279,7 @@ async def judge_all(engine: Any, items: list[tuple[str, str]], in_flight: int = 
             res = await judge_document(engine, instr, text, retries=retries)
         done += 1
         if progress and (done == len(items) or done % 25 == 0):
-            print(f"[eval] judged {done}/{len(items)} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+            print(f"[eval] judged {done}/{len(items)} ({time.perf_counter() - t0:.0f} s)", file=console.stream())
         return res
 
     return list(await asyncio.gather(*(one(i, t) for i, t in items)))
@@ -568,9 +569,9 @@ def run_eval(cfg: EvalConfig, ecfg: EngineConfig | None = None, acfg: AgentWrite
     gen_summary: dict[str, Any] | None = None
     if cfg.generations:
         gen_uri = cfg.generations
-        print(f"[eval] {len(rows)} prompts; scoring existing generations {gen_uri}", file=sys.stderr)
+        print(f"[eval] {len(rows)} prompts; scoring existing generations {gen_uri}", file=console.stream())
     else:
-        print(f"[eval] {len(rows)} prompts; generating ({cfg.mode}) into {out.join('generations').uri}", file=sys.stderr)
+        print(f"[eval] {len(rows)} prompts; generating ({cfg.mode}) into {out.join('generations').uri}", file=console.stream())
         gen_uri, gen_summary = generate(cfg, rows, run_id, ecfg, acfg, scfg, out)
     t_gen = time.time() - t0
     gen_rows = read_generations(gen_uri, scfg, cfg.run_id)
@@ -583,7 +584,7 @@ def run_eval(cfg: EvalConfig, ecfg: EngineConfig | None = None, acfg: AgentWrite
     to_judge = [(r, g) for r, g in zip(rows, gens) if g is not None and (g.get("status") or "ok") == "ok"
                 and (g.get("text") or "").strip()]
     judge_label = _judge_label(cfg, ecfg, judge_engine)
-    print(f"[eval] judging {len(to_judge)} documents with {judge_label}", file=sys.stderr)
+    print(f"[eval] judging {len(to_judge)} documents with {judge_label}", file=console.stream())
     t1 = time.time()
     verdicts = _run_judge(cfg, ecfg, [(r.prompt, g["text"]) for r, g in to_judge], judge_engine, run_async)
     t_judge = time.time() - t1

@@ -35,6 +35,7 @@ from core import storage
 from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig
 from core.inputs import InputError, read_prompts
 from core.records import DOCUMENT_SCHEMA, SCHEMA_VERSION, Document, documents_to_table
+from ray_jobs import console
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     scfg = build_config(StorageConfig, args, y.get("storage"))
     summary = run_generate(gcfg, ecfg, acfg, scfg)
     print_summary(summary)
+    print_excerpt(summary, scfg, embedded=not (ecfg.model or ecfg.endpoint))
     return 0 if summary["failed"] == 0 else 1
 
 
@@ -114,7 +116,7 @@ def run_generate(gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWriteConfi
         storage.write_parquet(run.join(part_name([d.id for d in docs])), documents_to_table(docs))
     todo = [r for r in good if r.id not in done]
     print(f"[generate] run_id={run_id}: {len(good)} valid prompts, {len(bad)} bad rows, "
-          f"{len(good) - len(todo)} already done, {len(todo)} to write -> {run.uri}", file=sys.stderr)
+          f"{len(good) - len(todo)} already done, {len(todo)} to write -> {run.uri}", file=console.stream())
     if todo:
         _run_ray(todo, gcfg, ecfg, acfg, scfg, run, state, progress)
     summary = _summarize(run, run_id, gcfg, ecfg, time.time() - t0, len(good) + len(bad))
@@ -137,11 +139,13 @@ def _run_ray(todo: list, gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWr
     # slowest document of a batch; the actor's semaphore keeps in_flight the real bound.
     plan_udf_map_op.DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY = per_actor_batches
     env = {k: os.environ[k] for k in ("VLLM_LOGGING_LEVEL", "LONGWRITER_HOME", "VLLM_CPU_KVCACHE_SPACE",
-                                      "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CACHE_ROOT", "HF_HUB_OFFLINE",
+                                      "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "HF_HUB_OFFLINE",
                                       "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
            if k in os.environ}
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=bool(os.environ.get("LONGWRITER_DEBUG")))
+        console.say("[generate] starting Ray" + (f" (joining {os.environ['RAY_ADDRESS']})" if os.environ.get("RAY_ADDRESS") else ""))
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=console.worker_logs_to_driver())
+    console.say(f"[generate] {gcfg.engines} engine actor(s): {_start_expectation(ecfg)}")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -178,6 +182,16 @@ def _run_ray(todo: list, gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWr
         watcher.join(timeout=5)
 
 
+def _start_expectation(ecfg: EngineConfig) -> str:
+    """The phase line for the engines' start (they start on this machine's cache for local runs)."""
+    if ecfg.endpoint:
+        return f"HTTP clients of {ecfg.endpoint}"
+    from core.engines import start_notes
+    from core.models import EMBEDDED_NAME, resolve_model
+
+    return start_notes.expectation(resolve_model(ecfg.model), ecfg, ecfg.model or EMBEDDED_NAME)
+
+
 def _has_gpu() -> bool:
     import ray
 
@@ -189,8 +203,8 @@ def _watch(board: Any, total: int, stop: threading.Event, show: bool) -> None:
     import ray
     from tqdm import tqdm
 
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=total, unit="doc", desc="documents", file=sys.stderr, disable=not (show and tty))
+    tty = console.stream().isatty()
+    bar = tqdm(total=total, unit="doc", desc="starting engines", file=console.stream(), disable=not (show and tty))
     last_log = 0.0
     while True:
         try:
@@ -198,13 +212,18 @@ def _watch(board: Any, total: int, stop: threading.Event, show: bool) -> None:
         except Exception:
             s = None
         if s:
+            starting = s["done"] + s["failed"] + s["in_flight"] == 0
+            bar.set_description("starting engines" if starting else "documents", refresh=False)
             bar.update(s["done"] + s["failed"] - bar.n)
             bar.set_postfix(failed=s["failed"], in_flight=s["in_flight"], words=s["words"],
                             tok_s=f"{s['tokens_per_s']:.0f}")
             if show and not tty and time.time() - last_log > 30:
                 last_log = time.time()
-                print(f"[generate] {s['done']} done, {s['failed']} failed, {s['in_flight']} in flight, "
-                      f"{s['words']} words, {s['tokens_per_s']:.0f} tok/s, {s['elapsed_s']:.0f} s", file=sys.stderr)
+                if starting:
+                    console.say(f"[generate] starting engines, {s['elapsed_s']:.0f} s")
+                else:
+                    console.say(f"[generate] {s['done']} done, {s['failed']} failed, {s['in_flight']} in flight, "
+                                f"{s['words']} words, {s['tokens_per_s']:.0f} tok/s, {s['elapsed_s']:.0f} s")
         if stop.wait(1.0):
             break
     bar.close()
@@ -252,6 +271,24 @@ def print_summary(s: dict[str, Any]) -> None:
         print(f"  failed {e['id']}: {e['error']}")
     print(f"query it: python -c \"import pyarrow.dataset as ds; print(ds.dataset('{s['output'].rsplit('/run_id=', 1)[0]}', "
           f"partitioning='hive').to_table(columns=['id','status','word_count']))\"")
+
+
+def print_excerpt(s: dict[str, Any], scfg: StorageConfig, *, embedded: bool, chars: int = 400) -> None:
+    """The start of one finished document, so the first run shows what was written and where."""
+    if not s["ok"]:
+        return
+    run = storage.resolve(s["output"], scfg)
+    files = storage.list_files(run, ".parquet")
+    t = pads.dataset(files, filesystem=run.fs, format="parquet").to_table(
+        columns=["id", "text", "word_count"], filter=pads.field("status") == "ok")
+    if not t.num_rows:
+        return
+    row = t.slice(0, 1).to_pylist()[0]
+    text = " ".join(row["text"].split())
+    note = " (the embedded 135M model shows the mechanics and length control, not prose quality)" if embedded else ""
+    print(f"\nexcerpt of {row['id']}, {row['word_count']} words{note}:")
+    print("  " + text[:chars] + (" ..." if len(text) > chars else ""))
+    print(f"all {s['ok']} documents: {s['output']}/*.parquet (column text; README 'Query it')")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from core.length import length_score
 from core.records import Document
 from core.scores import judge_document, quality_score
 from core.train_config import PairsConfig
+from ray_jobs import console
 
 PAIRS_SCHEMA_VERSION = "1"
 PAIRS_SCHEMA = pa.schema(
@@ -116,7 +117,7 @@ async def make_pairs(rows: list[PromptRow], engine: Any, pcfg: PairsConfig, acfg
                 judgment = await judge_document(judge, row.prompt, doc.text)
         done += 1
         if progress and (done == total or done % 10 == 0):
-            print(f"[make-pairs] {done}/{total} samples ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+            print(f"[make-pairs] {done}/{total} samples ({time.perf_counter() - t0:.0f} s)", file=console.stream())
         return doc, judgment
 
     results = await asyncio.gather(*(sample(r, j) for r in rows for j in range(pcfg.samples)))
@@ -169,7 +170,7 @@ def run_make_pairs(pcfg: PairsConfig, ecfg: EngineConfig, acfg: AgentWriteConfig
     if not good:
         raise ValueError(f"no valid prompts in {pcfg.input} ({len(bad)} bad rows)")
     storage.info(out)  # fail on unreachable output storage before generating anything
-    print(f"[make-pairs] {len(good)} prompts x {pcfg.samples} samples ({len(bad)} bad rows skipped)", file=sys.stderr)
+    print(f"[make-pairs] {len(good)} prompts x {pcfg.samples} samples ({len(bad)} bad rows skipped)", file=console.stream())
 
     async def go() -> tuple[list[dict[str, Any]], dict[str, int]]:
         from core.engines import build_engine

@@ -20,6 +20,7 @@ import time
 from typing import Any, Iterator
 
 from core.config import AgentWriteConfig, EngineConfig, ServeConfig
+from ray_jobs import console
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,13 +77,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be 1..65535, got {scfg.port}")
 
     address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, log_to_driver=args.debug, **({} if address else {"dashboard_port": args.dashboard_port}),
+    ray.init(address=address, log_to_driver=console.worker_logs_to_driver(), **({} if address else {"dashboard_port": args.dashboard_port}),
              runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}})
     serve.start(http_options={"host": scfg.host, "port": scfg.port})
     app = app_builder(merged)
     print(f"[serve] deploying {merged.get('engine', {}).get('model') or 'the embedded model'} "
           f"({scfg.min_replicas}-{scfg.max_replicas} replicas); engines take a minute or two to start ...",
-          file=sys.stderr)
+          file=console.stream())
     serve.run(app, name="longwriter", route_prefix="/", blocking=False)
     host = "127.0.0.1" if scfg.host in ("0.0.0.0", "::") else scfg.host
     url = f"http://{host}:{scfg.port}"
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise RuntimeError(f"the app did not become ready within {args.ready_timeout:.0f} s (see `serve status`)")
     print(f"[serve] ready: {url}/  (playground)  {url}/v1  (OpenAI API)  {url}/v1/longwrite  (long form)"
           + ("  [API key required]" if (scfg.api_key or os.environ.get("LONGWRITER_API_KEY")) else ""),
-          file=sys.stderr, flush=True)
+          file=console.stream(), flush=True)
     stop = {"now": False}
 
     def _stop(*_: Any) -> None:
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
-    print("[serve] shutting down", file=sys.stderr)
+    print("[serve] shutting down", file=console.stream())
     serve.shutdown()
     ray.shutdown()
     return 0

@@ -38,6 +38,7 @@ from ray_jobs.train_common import (
     resolve_model_path,
     run_training,
 )
+from ray_jobs import console
 
 TOKENIZED_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
 
@@ -119,7 +120,7 @@ def tokenize_corpus(convs: list[list[dict[str, str]]], cfg: SFTJobConfig, tok: A
     verb = "dropped" if cfg.on_too_long == "drop" else "truncated"
     if too_long:
         print(f"[sft] {too_long} of {len(convs)} sequences are longer than --max-length {cfg.max_length} "
-              f"tokens: {verb}", file=sys.stderr)
+              f"tokens: {verb}", file=console.stream())
     if not out_ids:
         raise DataError(f"no training sequences left: all {len(convs)} are longer than --max-length {cfg.max_length} "
                         f"tokens (raise it or use --on-too-long truncate)")
@@ -152,7 +153,7 @@ def run_sft(cfg: SFTJobConfig, scfg: StorageConfig | None = None) -> dict[str, A
     tok = load_tokenizer(resolve_model_path(cfg.model))
     table, info = tokenize_corpus(convs, cfg, tok)
     print(f"[sft] {info['rows']} sequences, {info['tokens_in_data']} tokens "
-          f"({info['trained_tokens_in_data']} with loss), longest {info['max_seq_tokens']}", file=sys.stderr)
+          f"({info['trained_tokens_in_data']} with loss), longest {info['max_seq_tokens']}", file=console.stream())
     return run_training("sft", cfg, scfg, table, "ray_jobs.sft:build_trainer", info)
 
 

@@ -29,7 +29,6 @@ import logging
 import os
 import posixpath
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ import pyarrow.fs as pafs
 from core import storage
 from core.config import StorageConfig
 from core.train_config import TrainJobConfig
+from ray_jobs import console
 
 WORKER_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
               "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "LONGWRITER_HOME", "HF_HOME",
@@ -178,7 +178,7 @@ def run_training(job: str, cfg: TrainJobConfig, scfg: StorageConfig, table: pa.T
     )
     print(f"[{job}] run {run_name}: {info.get('rows', table.num_rows)} sequences on {cfg.num_workers} "
           f"worker(s) ({'GPU' if cfg.use_gpu else 'CPU'}), checkpoints -> {out.join('ray_train', run_name).uri}",
-          file=sys.stderr)
+          file=console.stream())
     t0 = time.time()
     try:
         result = trainer.fit()

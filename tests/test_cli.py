@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from console_check import foreign_lines
 from core.length import count_words
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +71,21 @@ def test_write_a_document_with_the_embedded_model(tmp_path):
     last = summary[-1]
     assert f"{words} words (target 400, from instruction)" in last and f"wrote {out}" in last
     assert "tokens/s" in last
+    # Quiet by default: only our lines on the terminal; vLLM's and the libraries' in the named log.
+    assert not foreign_lines(r.stderr), foreign_lines(r.stderr)[:10]
+    log_line = next(ln for ln in r.stderr.splitlines() if ln.startswith("[longwriter] vLLM, Ray and library output:"))
+    log = Path(log_line.split("output: ", 1)[1].split(" (--verbose", 1)[0])
+    assert "vllm" in log.read_text().lower()
+    assert "[write] starting the vLLM engine for SmolLM2-135M-Instruct (eager mode" in r.stderr
+
+
+def test_verbose_shows_library_output():
+    r = lw("--verbose", "write", "x", "--model", "/nonexistent/model/dir")
+    assert r.returncode != 0 and "[longwriter] vLLM, Ray and library output" not in r.stderr
+    assert "error:" in r.stderr and "details:" not in r.stderr
+
+
+def test_errors_name_the_log_by_default():
+    r = lw("write", "x", "--model", "/nonexistent/model/dir")
+    err = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert len(err) == 1 and "(details: " in err[0] and "/logs/write-" in err[0]

@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from core.config import EngineConfig
+from core.engines import start_notes
 from core.engines.base import EngineError, GenResult, Message, SamplingSpec, check_one_input
 from core.engines.chat_tokens import ChatTokenizer
 from core.scores import is_looping
@@ -85,11 +86,17 @@ class VLLMEngine:
         else:
             kwargs.update(tensor_parallel_size=cfg.tensor_parallel_size,
                           gpu_memory_utilization=cfg.gpu_memory_utilization)
+        t0 = time.perf_counter()
         try:
             self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         except Exception as e:  # start-up errors are long; keep the first useful line
             raise EngineError(f"vLLM could not start model {self.model_path}: {_first_line(e)}") from e
+        start_notes.record(self.model_path, cfg, time.perf_counter() - t0)
         return self
+
+    def start_message(self) -> str:
+        """What starting will do (compile or reuse the cache) and about how long, for the CLI."""
+        return start_notes.expectation(self.model_path, self.cfg, self.model_name)
 
     async def close(self) -> None:
         if self._engine is not None:
