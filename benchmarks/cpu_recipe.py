@@ -42,13 +42,14 @@ def iomp_path() -> str | None:
 
 
 def variants() -> dict[str, tuple[dict[str, str | None], dict]]:
-    """name -> (environment changes, EngineConfig changes)."""
+    """name -> (environment changes, EngineConfig changes); None marks a library not installed."""
     iomp = iomp_path()
+    tcmalloc = TCMALLOC if Path(TCMALLOC).is_file() else None
     return {
         "default": ({}, {}),
-        "tcmalloc": ({"LD_PRELOAD": TCMALLOC}, {}),
+        "tcmalloc": ({"LD_PRELOAD": tcmalloc}, {}),
         "iomp": ({"LD_PRELOAD": iomp}, {}),
-        "tcmalloc+iomp": ({"LD_PRELOAD": f"{TCMALLOC}:{iomp}"}, {}),
+        "tcmalloc+iomp": ({"LD_PRELOAD": f"{tcmalloc}:{iomp}" if tcmalloc and iomp else None}, {}),
         "bind-auto": ({"VLLM_CPU_OMP_THREADS_BIND": "auto"}, {}),
         "kv-6g": ({}, {"kv_cache_gib": 6.0}),
     }
@@ -100,7 +101,8 @@ def run_variant(name: str, env_changes: dict, engine_changes: dict, a: argparse.
     env = dict(os.environ)
     for k, v in env_changes.items():
         if v is None:
-            raise SystemExit(f"variant {name}: a library it needs is not installed ({k})")
+            raise SystemExit(f"variant {name}: a library it needs is not installed (tcmalloc: apt-get install "
+                             f"libtcmalloc-minimal4; Intel OpenMP: pip install intel-openmp)")
         env[k] = v
     cmd = [sys.executable, __file__, "--worker", "replay", "--workload", str(workload),
            "--engine-json", json.dumps(engine_changes), "--docs", str(a.docs)] + (["--model", a.model] if a.model else [])

@@ -34,7 +34,10 @@ class EngineConfig:
     tensor_parallel_size: int = _f(1, "GPUs per engine (tensor parallel)")
     gpu_memory_utilization: float = _f(0.9, "vLLM GPU memory share (GPU only)")
     kv_cache_gib: float = _f(2.0, "KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE)")
-    enforce_eager: bool = _f(False, "skip graph compilation: ~15 s start-up, ~20%% slower decoding")
+    enforce_eager: bool = _f(False, "skip graph compilation. Only the first start with given settings on a machine "
+                                    "compiles (~100 s on 2 CPU cores); later ones load vLLM's cache and start as "
+                                    "fast as eager ones, which decode ~20%% slower: so compiled is the default "
+                                    "for every command")
     structured_backend: str = _f("guidance", "vLLM structured-output backend for JSON plans (guidance|outlines|xgrammar)")
     cpu_threads_bind: str | None = _f(None, "CPU only: cores for vLLM's OpenMP threads, e.g. 0-1 (default: all this process may use)")
     max_num_seqs: int = _f(64, "most sequences vLLM batches at once")

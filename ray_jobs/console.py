@@ -49,6 +49,8 @@ def start(command: str, verbose: bool) -> None:
     """The CLI's set-up: quiet by default (third-party output to a log file), or verbose."""
     global _verbose
     _verbose = verbose
+    # vLLM logs to stdout by default; stdout may carry the document (`write` without --out).
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     if verbose:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         return
@@ -78,8 +80,6 @@ def hide_third_party_output(command: str) -> Path:
     os.close(fd)
     _stream = os.fdopen(terminal, "w", buffering=1, encoding="utf-8", errors="replace")
     _log_path = path
-    # vLLM logs to stdout by default; stdout may carry the document (`write` without --out).
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     return path
 
 
