@@ -101,7 +101,7 @@ class GenerateConfig:
     input: str = _f("", "prompts: JSONL or Parquet file or folder, local or s3:// (fields: prompt; optional id, length, anything else)")
     output: str = _f("", "output dataset root, local or s3://; documents land under run_id=RUN/")
     mode: str = _f("agentwrite", "agentwrite (plan, then sections) or direct (one call per prompt)")
-    run_id: str | None = _f(None, "partition name; default: derived from input, mode and model so reruns resume")
+    run_id: str | None = _f(None, "partition name; default: derived from mode and model or endpoint (not the input path) so reruns continue the run")
     engines: int = _f(1, "engine actors (each owns one vLLM engine, or one HTTP client with --endpoint)")
     in_flight: int = _f(32, "documents in flight per engine")
     rows_per_file: int = _f(16, "documents per Parquet file (also the Ray Data batch size)")

@@ -1,8 +1,8 @@
 """URIs to ``pyarrow.fs`` filesystems, and the few file operations the jobs need.
 
 One code path for local disks and ``s3://`` (AWS or any S3-compatible store). Writes are
-atomic from a reader's point of view: local files are written under a dot-prefixed temporary
-name and renamed; an S3 object only appears once its upload completes. Readers built on
+atomic from a reader's point of view: local files are written under a temporary name
+(``_tmp-NAME-UUID.partial``) and renamed; an S3 object only appears once its upload completes. Readers built on
 ``pyarrow.dataset`` skip names starting with "." or "_", which is where temporaries, resume
 state (``_state/``) and the ``_SUCCESS`` manifest live.
 """
@@ -19,6 +19,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from core.config import StorageConfig
+
+
+# Local temporaries: "_" keeps them out of pyarrow/Spark/datasets listings, and the suffix out of
+# a `*.parquet` glob (DuckDB); remove_stale_temporaries() clears those a kill left behind.
+TEMP_PREFIX, TEMP_SUFFIX = "_tmp-", ".partial"
 
 
 class StorageError(OSError):
@@ -111,7 +116,7 @@ def write_bytes(loc: Location, data: bytes) -> None:
     if isinstance(loc.fs, pafs.LocalFileSystem):
         parent = posixpath.dirname(loc.path)
         os.makedirs(parent, exist_ok=True)
-        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(loc.path)}")
+        tmp = posixpath.join(parent, f"{TEMP_PREFIX}{posixpath.basename(loc.path)}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -129,6 +134,26 @@ def write_parquet(loc: Location, table: pa.Table) -> None:
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf, compression="zstd")
     write_bytes(loc, buf.getvalue().to_pybytes())
+
+
+def remove_stale_temporaries(loc: Location, older_than_s: float = 600.0) -> int:
+    """Delete temporaries directly under ``loc`` older than ``older_than_s`` (a writer still
+    busy with one is younger); returns how many."""
+    if not isinstance(loc.fs, pafs.LocalFileSystem) or not os.path.isdir(loc.path):
+        return 0
+    import time
+
+    n = 0
+    for name in os.listdir(loc.path):
+        p = os.path.join(loc.path, name)
+        if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+            try:
+                if time.time() - os.path.getmtime(p) > older_than_s:
+                    os.remove(p)
+                    n += 1
+            except OSError:
+                pass
+    return n
 
 
 def delete(loc: Location) -> None:

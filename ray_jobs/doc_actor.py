@@ -13,7 +13,6 @@ Input columns: id, prompt, length, metadata (JSON). Output columns: SUMMARY_COLU
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from typing import Any
 
@@ -22,15 +21,11 @@ import pyarrow as pa
 from core import storage
 from core.agentwrite import AgentWriter, WriteState
 from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig
+from core.reconcile import part_name, state_key
 from core.records import Document, documents_to_table
 
 SUMMARY_COLUMNS = ["id", "status", "error", "target_words", "word_count", "prompt_tokens",
                    "cached_tokens", "generated_tokens", "latency_s"]
-
-
-def part_name(ids: list[str]) -> str:
-    """Deterministic file name for a set of documents (a rerun of the same set overwrites)."""
-    return "part-" + hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:20] + ".parquet"
 
 
 class DocumentStage:
@@ -56,8 +51,8 @@ class DocumentStage:
         # Finished documents first, then drop their resume state: a crash in between only
         # means the next run re-assembles them from state without generating anything.
         storage.write_parquet(self.run.join(part_name([d.id for d in docs])), documents_to_table(docs))
-        for d in docs:
-            storage.delete(self.state.join(f"{_safe(d.id)}.json"))
+        for d, r in zip(docs, rows):
+            storage.delete(self.state.join(f"{state_key(r['id'], r['prompt'], r.get('length'))}.json"))
         summary = [{c: getattr(d, c) for c in SUMMARY_COLUMNS} for d in docs]
         return pa.Table.from_pylist(summary)
 
@@ -67,7 +62,7 @@ class DocumentStage:
             if self.board is not None:
                 self.board.started.remote(row["id"])
             meta = json.loads(row.get("metadata") or "{}")
-            state_loc = self.state.join(f"{_safe(row['id'])}.json")
+            state_loc = self.state.join(f"{state_key(row['id'], row['prompt'], row.get('length'))}.json")
             state = self._load_state(state_loc)
             n_words = 0
 
@@ -104,9 +99,3 @@ class DocumentStage:
         except (ValueError, TypeError):  # a torn or foreign file: start the document afresh
             return None
 
-
-def _safe(doc_id: str) -> str:
-    """A file-name-safe key for a document id."""
-    if all(c.isalnum() or c in "-_." for c in doc_id) and len(doc_id) < 100 and not doc_id.startswith("."):
-        return doc_id
-    return hashlib.sha1(doc_id.encode()).hexdigest()

@@ -6,11 +6,12 @@
 Layout of ``--output``::
 
     run_id=RUN/part-*.parquet        documents (core.records.DOCUMENT_SCHEMA), ok and failed
-    run_id=RUN/_SUCCESS              JSON manifest, written last (counts, files, schema version)
-    _state/run_id=RUN/ID.json        plan + finished sections of documents still in progress
+    run_id=RUN/_SUCCESS              JSON manifest, written last, deleted when a rerun starts
+    _state/run_id=RUN/ID--DIGEST.json  plan + finished sections of documents still in progress
 
-Rerunning the same command continues: ids already in ``run_id=RUN`` are skipped, documents in
-progress resume from their last finished section. Exit code 0 when every row is ok, 1 when any
+Rerunning the same command continues (core.reconcile): matching ok rows are reused, failed,
+edited and new rows are written, old versions retired, so a finished run has one row per input
+id; documents in progress resume from their last finished section. Exit code 0 when every row is ok, 1 when any
 row failed (bad input or generation), 2 when the job itself could not run.
 """
 
@@ -31,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from core import storage
+from core import reconcile, storage
 from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig
 from core.inputs import InputError, read_prompts
 from core.records import DOCUMENT_SCHEMA, SCHEMA_VERSION, Document, documents_to_table
@@ -70,16 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def default_run_id(gcfg: GenerateConfig, ecfg: EngineConfig) -> str:
-    key = json.dumps([gcfg.input, gcfg.mode, ecfg.model or "embedded", ecfg.endpoint])
+    """What the run is (mode, model or endpoint), not where its input is or how the path is
+    spelled: appending prompts to the input and rerunning continues the same run."""
+    key = json.dumps([gcfg.mode, ecfg.model or "embedded", ecfg.endpoint])
     return f"{gcfg.mode}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
-
-
-def finished_ids(run: storage.Location) -> set[str]:
-    files = storage.list_files(run, ".parquet")
-    if not files:
-        return set()
-    ds = pads.dataset(files, filesystem=run.fs, format="parquet")
-    return set(ds.to_table(columns=["id"]).column("id").to_pylist())
 
 
 def error_document(e: InputError, mode: str, model: str) -> Document:
@@ -106,22 +101,33 @@ def run_generate(gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWriteConfi
     run = root.join(f"run_id={run_id}")
     state = root.join("_state", f"run_id={run_id}")
     storage.makedirs(run)
-    done = finished_ids(run)
+    storage.delete(run.join("_SUCCESS"))  # a run is in progress: the old manifest no longer holds
+    storage.remove_stale_temporaries(run)
+    existing = reconcile.settle_replacements(run, reconcile.read_rows(run))
+    plan = reconcile.plan_rerun(existing, good, bad)
+    reconcile.retire(run, plan.retire)
     model_label = ecfg.model or "SmolLM2-135M-Instruct"
-    new_bad = [e for e in bad if e.id not in done]
-    if new_bad:
-        docs = [error_document(e, gcfg.mode, model_label) for e in new_bad]
-        from ray_jobs.doc_actor import part_name
-
-        storage.write_parquet(run.join(part_name([d.id for d in docs])), documents_to_table(docs))
-    todo = [r for r in good if r.id not in done]
+    if plan.bad_to_write:
+        docs = [error_document(e, gcfg.mode, model_label) for e in plan.bad_to_write]
+        storage.write_parquet(run.join(reconcile.part_name([d.id for d in docs])), documents_to_table(docs))
+    todo = plan.todo
+    _drop_stale_state(state, todo)
     print(f"[generate] run_id={run_id}: {len(good)} valid prompts, {len(bad)} bad rows, "
-          f"{len(good) - len(todo)} already done, {len(todo)} to write -> {run.uri}", file=console.stream())
+          f"{plan.reused} already done, {len(todo)} to write -> {run.uri}", file=console.stream())
     if todo:
         _run_ray(todo, gcfg, ecfg, acfg, scfg, run, state, progress)
     summary = _summarize(run, run_id, gcfg, ecfg, time.time() - t0, len(good) + len(bad))
+    summary["reused"] = plan.reused
     storage.write_bytes(run.join("_SUCCESS"), json.dumps(summary, indent=1, default=str).encode())
     return summary
+
+
+def _drop_stale_state(state: storage.Location, todo: list) -> None:
+    """Resume state of documents this run will not write (finished, or edited since) goes."""
+    keep = {reconcile.state_key(r.id, r.prompt, r.length) + ".json" for r in todo}
+    for f in storage.list_files(state, ".json"):
+        if f.rsplit("/", 1)[-1] not in keep:
+            storage.delete(storage.Location(state.fs, f, f))
 
 
 def _run_ray(todo: list, gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWriteConfig,

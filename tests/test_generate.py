@@ -163,7 +163,7 @@ def test_crash_mid_run_then_resume(tmp_path):
     for p in state_dir.glob("*.json"):
         s = json.loads(p.read_text())
         if s["sections"]:
-            partial[p.stem] = [sec["text"] for sec in s["sections"]]
+            partial[p.stem.split("--")[0]] = [sec["text"] for sec in s["sections"]]  # ID--input digest
     assert before and partial
 
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

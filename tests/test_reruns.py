@@ -1,0 +1,115 @@
+"""Reruns of the bulk job keep one row per input id (real Ray, real vLLM on CPU, local Parquet).
+
+Run 1 has a bad length; run 2 is the same command spelled ``./p.jsonl``, after the bad row was
+fixed, one prompt edited and one appended: the same run folder, the fixed and edited rows
+written again (their old rows retired), the untouched rows' file reused byte for byte.
+Also the pure rules of core.reconcile, and crash recovery between a replacement's two steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from core import reconcile, storage
+from core.inputs import InputError, PromptRow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rows_of(run_dir: Path) -> list[dict]:
+    return pads.dataset(str(run_dir), format="parquet").to_table(
+        columns=["id", "status", "prompt", "target_words", "error"]).to_pylist()
+
+
+def test_rerun_retries_fixed_rows_rewrites_edited_ones_and_ignores_path_spelling(tmp_path):
+    inp = tmp_path / "p.jsonl"
+    rows = [{"id": "a", "prompt": "Write a short note about tea.", "length": 80},
+            {"id": "b", "prompt": "Write a short note about moss.", "length": 80},
+            {"id": "n1", "prompt": "Write about ants.", "length": -5}]
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    base = [sys.executable, "-m", "ray_jobs.generate", "--output", str(out), "--rows-per-file", "1",
+            "--enforce-eager", "--resample-tries", "0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": f"/tmp/lwrerun{os.getpid()}"}
+    r1 = subprocess.run(base + ["--input", str(inp)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert r1.returncode == 1, r1.stderr[-2000:]  # n1 failed: exit 1
+    runs = list(out.glob("run_id=*"))
+    assert len(runs) == 1
+    first = {r["id"]: r for r in rows_of(runs[0])}
+    assert first["n1"]["status"] == "failed" and "length" in first["n1"]["error"]
+    assert first["a"]["status"] == first["b"]["status"] == "ok"
+    files_before = {p.name: p.read_bytes() for p in runs[0].glob("part-*.parquet")}
+
+    rows[2]["length"] = 90  # fixed
+    rows[1]["prompt"] = "Write a short note about glass."  # edited
+    rows.append({"id": "c", "prompt": "Write a short note about salt.", "length": 80})  # appended
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stale = runs[0] / "_tmp-part-x.parquet-0123.partial"
+    stale.write_bytes(b"left by a kill")
+    os.utime(stale, (1e9, 1e9))
+    r2 = subprocess.run(base + ["--input", "./p.jsonl"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                        timeout=900)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert list(out.glob("run_id=*")) == runs  # same run: the path's spelling is not its identity
+    second = rows_of(runs[0])
+    ids = [r["id"] for r in second]
+    assert sorted(ids) == ["a", "b", "c", "n1"], ids  # one row per id
+    by_id = {r["id"]: r for r in second}
+    assert all(r["status"] == "ok" for r in second)
+    assert by_id["b"]["prompt"] == "Write a short note about glass."
+    assert by_id["n1"]["target_words"] == 90
+    a_file = next(n for n, data in files_before.items() if b"about tea" in data)
+    assert (runs[0] / a_file).read_bytes() == files_before[a_file]  # reused untouched
+    manifest = json.loads((runs[0] / "_SUCCESS").read_text())
+    assert sorted(manifest["files"]) == sorted(p.name for p in runs[0].glob("part-*.parquet"))
+    assert manifest["documents"] == 4 and manifest["reused"] == 1
+    assert not list(runs[0].glob("*.partial"))  # the stale temp file is gone
+
+
+def _row(i, status="ok", prompt="p", words=100, source="row", error="", file="f1"):
+    return reconcile.Row(i, status, prompt, words, source, error, file)
+
+
+def test_plan_rules():
+    rows = [_row("keep"), _row("edited"), _row("gen-failed", "failed", error="engine died"),
+            _row("fixed", "failed", source="", error="p.jsonl:3: field 'length' must be positive", file="bad"),
+            _row("still-bad", "failed", source="", error="p.jsonl:4: field 'prompt' is empty", file="bad")]
+    good = [PromptRow("keep", "p", 100), PromptRow("edited", "p2", 100), PromptRow("gen-failed", "p", 100),
+            PromptRow("fixed", "p", 100), PromptRow("new", "p", None)]
+    bad = [InputError("still-bad", "p.jsonl:4", "field 'prompt' is empty"),
+           InputError("other", "p.jsonl:5", "field 'prompt' is missing")]
+    plan = reconcile.plan_rerun(rows, good, bad)
+    assert [r.id for r in plan.todo] == ["edited", "gen-failed", "fixed", "new"]
+    assert plan.reused == 1
+    assert dict(plan.retire) == {"f1": {"edited", "gen-failed"}, "bad": {"fixed"}}
+    assert [e.id for e in plan.bad_to_write] == ["other"]
+    # a length from the instruction (row length None) never reuses a row made for a row length
+    assert not reconcile.matches(_row("x"), PromptRow("x", "p", None))
+    assert reconcile.matches(_row("x", source="instruction"), PromptRow("x", "p", None))
+
+
+def test_retire_then_crash_before_delete_is_settled_next_time(tmp_path):
+    run = storage.resolve(str(tmp_path))
+    t = pa.table({"id": ["a", "b"], "status": ["ok", "failed"], "prompt": ["p", "q"], "target_words": [1, 2],
+                  "target_source": ["row", "row"], "error": ["", "boom"]})
+    old = tmp_path / reconcile.part_name(["a", "b"])
+    pq.write_table(t, old)
+    reconcile.retire(run, {str(old): {"b"}})
+    files = sorted(tmp_path.glob("part-*.parquet"))
+    assert len(files) == 1 and files[0].name == reconcile.part_name(["a"])
+    assert pq.read_table(files[0]).column("id").to_pylist() == ["a"]
+    # The same replacement with the delete lost to a crash: both files, "a" twice ...
+    pq.write_table(t, old)
+    rows = reconcile.read_rows(run)
+    assert sorted(r.id for r in rows) == ["a", "a", "b"]
+    # ... and the next run's settle step deletes the replaced file.
+    rows = reconcile.settle_replacements(run, rows)
+    assert sorted(r.id for r in rows) == ["a"] and not old.exists()
