@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from core import storage
+from core import credentials, storage
 from core.agentwrite import AgentWriter, WriteState
 from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig
 from core.reconcile import part_name, state_key
@@ -30,8 +30,11 @@ SUMMARY_COLUMNS = ["id", "status", "error", "target_words", "word_count", "promp
 
 class DocumentStage:
     def __init__(self, ecfg: EngineConfig, acfg: AgentWriteConfig, gcfg: GenerateConfig,
-                 scfg: StorageConfig, run_uri: str, state_uri: str, board: Any = None):
+                 scfg: StorageConfig, run_uri: str, state_uri: str, board: Any = None,
+                 creds: credentials.Credentials | None = None):
         from core.engines import build_engine
+
+        credentials.install(creds)
 
         self.engine = build_engine(ecfg)
         if hasattr(self.engine, "start"):

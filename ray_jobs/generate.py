@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from core import reconcile, storage
+from core import credentials, reconcile, storage
 from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig
 from core.inputs import InputError, read_prompts
 from core.records import DOCUMENT_SCHEMA, SCHEMA_VERSION, Document, documents_to_table
@@ -145,8 +145,7 @@ def _run_ray(todo: list, gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWr
     # slowest document of a batch; the actor's semaphore keeps in_flight the real bound.
     plan_udf_map_op.DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY = per_actor_batches
     env = {k: os.environ[k] for k in ("VLLM_LOGGING_LEVEL", "LONGWRITER_HOME", "VLLM_CPU_KVCACHE_SPACE",
-                                      "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "HF_HUB_OFFLINE",
-                                      "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                                      "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "HF_HUB_OFFLINE")
            if k in os.environ}
     if not ray.is_initialized():
         console.say("[generate] starting Ray" + (f" (joining {os.environ['RAY_ADDRESS']})" if os.environ.get("RAY_ADDRESS") else ""))
@@ -167,8 +166,9 @@ def _run_ray(todo: list, gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWr
         gpus = float(ecfg.tensor_parallel_size) if (not ecfg.endpoint and _has_gpu()) else 0.0
     ds = ds.map_batches(
         DocumentStage,
+        # Credentials by value, not in runtime_env: Ray logs runtime_envs (core/credentials.py).
         fn_constructor_kwargs=dict(ecfg=ecfg, acfg=acfg, gcfg=gcfg, scfg=scfg, run_uri=run.uri,
-                                   state_uri=state.uri, board=board),
+                                   state_uri=state.uri, board=board, creds=credentials.capture()),
         batch_size=gcfg.rows_per_file,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=gcfg.engines),

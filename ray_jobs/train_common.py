@@ -38,14 +38,13 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from core import storage
+from core import credentials, storage
 from core.config import StorageConfig
 from core.train_config import TrainJobConfig
 from ray_jobs import console
 
-WORKER_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-              "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "LONGWRITER_HOME", "HF_HOME",
-              "HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY", "TOKENIZERS_PARALLELISM")
+# Non-secret settings for the workers' runtime_env; credentials go by value (core/credentials.py).
+WORKER_ENV = ("LONGWRITER_HOME", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY", "TOKENIZERS_PARALLELISM")
 
 
 class DataError(ValueError):
@@ -160,7 +159,7 @@ def run_training(job: str, cfg: TrainJobConfig, scfg: StorageConfig, table: pa.T
         env["LONGWRITER_DEBUG"] = "1"
     data_ref = ray.put(table)
     loop_config = {"job": job, "cfg": cfg, "scfg": scfg, "data_ref": data_ref, "model_path": model_path,
-                   "builder": builder, "run_name": run_name}
+                   "builder": builder, "run_name": run_name, "credentials": credentials.capture()}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -335,6 +334,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
 
+    credentials.install(config.get("credentials"))
     cfg: TrainJobConfig = config["cfg"]
     if not _debug():
         datasets.disable_progress_bars()

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -36,13 +37,15 @@ def s3_server():
     endpoint = f"http://127.0.0.1:{port}"
     import boto3
 
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+    # moto accepts any key; a unique secret lets tests prove it reaches no log file.
+    secret = f"lw-secret-{uuid.uuid4().hex}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": endpoint}
     deadline = time.time() + 90  # moto imports slowly on a busy 2-core machine
     while time.time() < deadline:
         try:
             boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                         aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="lwtest")
+                         aws_secret_access_key=secret, region_name="us-east-1").create_bucket(Bucket="lwtest")
             break
         except Exception:
             time.sleep(0.3)

@@ -55,7 +55,7 @@ def s3_run(s3_server):
 
 def _s3fs(s3_server):
     return pafs.S3FileSystem(endpoint_override=s3_server["endpoint"].split("://")[1], scheme="http",
-                             access_key="testing", secret_key="testing", region="us-east-1")
+                             access_key="testing", secret_key=s3_server["AWS_SECRET_ACCESS_KEY"], region="us-east-1")
 
 
 def test_s3_output_readable_by_lake_tools(s3_run, s3_server, tmp_path):
@@ -112,6 +112,15 @@ def test_every_bad_row_is_one_error_row(s3_run, s3_server):
     assert all("\n" not in r["error"] and r["error"].startswith("prompts.jsonl:") for r in failed)
     ids = t.column("id").to_pylist()
     assert len(ids) == len(set(ids))
+
+
+def test_secret_reaches_no_ray_log(s3_run, s3_server):
+    """The S3 secret went to the engine actors by value, not through a runtime_env Ray logs."""
+    logs = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "session_latest" / "logs"
+    assert logs.is_dir() and any(logs.glob("runtime_env*")), logs
+    secret = s3_server["AWS_SECRET_ACCESS_KEY"].encode()
+    hits = [str(p) for p in logs.rglob("*") if p.is_file() and secret in p.read_bytes()]
+    assert not hits, hits
 
 
 def test_rerun_is_a_no_op(s3_run, s3_server):
