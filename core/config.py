@@ -104,11 +104,15 @@ class GenerateConfig:
     run_id: str | None = _f(None, "partition name; default: derived from mode and model or endpoint (not the input path) so reruns continue the run")
     engines: int = _f(1, "engine actors (each owns one vLLM engine, or one HTTP client with --endpoint)")
     in_flight: int = _f(32, "documents in flight per engine")
-    rows_per_file: int = _f(16, "documents per Parquet file (also the Ray Data batch size)")
+    rows_per_file: int = _f(16, "documents per Parquet file, at most (also the Ray Data batch size)")
+    flush_interval_s: float = _f(60.0, "a finished document waits at most this long for others to share its "
+                                       "file, so slow siblings never keep it out of the output")
     engine_num_cpus: float = _f(1.0, "Ray CPUs reserved per engine actor")
     engine_num_gpus: float | None = _f(None, "Ray GPUs per engine actor (default: tensor_parallel_size when a GPU exists, else 0)")
     limit: int | None = _f(None, "only the first N valid prompts")
     doc_retries: int = _f(2, "extra attempts for a document whose engine calls failed")
+    lock_ttl_s: float = _f(120.0, "a run's writer renews its _LOCK lease every quarter of this; a lease older than "
+                                  "this belongs to a dead job and is taken over")
 
 
 @dataclass

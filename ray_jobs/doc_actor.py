@@ -3,8 +3,10 @@
 Modelled on ray.data.llm's async engine stage, with one difference that stage cannot express:
 a document is a chain of dependent calls (plan, then section 1, 2, ...). So each actor runs
 many documents concurrently with asyncio (bounded by ``in_flight``) and the engine batches
-whatever steps are ready. Each input batch becomes one Parquet file of finished documents;
-each document's plan and finished sections are saved under ``_state/`` as it goes, so a
+whatever steps are ready. Finished documents go to Parquet files of up to ``rows_per_file``,
+written as soon as that many are done or the oldest has waited ``flush_interval_s``, so a slow
+document never holds its finished siblings back; a batch returns once its documents are in
+files. Each document's plan and finished sections are saved under ``_state/`` as it goes, so a
 crashed run resumes mid-document.
 
 Input columns: id, prompt, length, metadata (JSON). Output columns: SUMMARY_COLUMNS.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -45,19 +48,72 @@ class DocumentStage:
         self.state = storage.resolve(state_uri, scfg)
         self.board = board
         self._sem: asyncio.Semaphore | None = None
+        # Finished documents not yet in a file: (document, its state stem), oldest first.
+        self._pending: list[tuple[Document, str]] = []
+        self._oldest = 0.0
+        self._flush_lock: asyncio.Lock | None = None
+        self._ticker: asyncio.Task | None = None
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.gcfg.in_flight)
+            self._flush_lock = asyncio.Lock()
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
         rows = batch.to_pylist()
         docs = await asyncio.gather(*(self._one(r) for r in rows))
-        # Finished documents first, then drop their resume state: a crash in between only
-        # means the next run re-assembles them from state without generating anything.
-        storage.write_parquet(self.run.join(part_name([d.id for d in docs])), documents_to_table(docs))
-        for d, r in zip(docs, rows):
-            storage.delete(self.state.join(f"{state_key(r['id'], r['prompt'], r.get('length'))}.json"))
+        await self._flush()  # the batch returns only once its documents are in files
         summary = [{c: getattr(d, c) for c in SUMMARY_COLUMNS} for d in docs]
         return pa.Table.from_pylist(summary)
+
+    async def _finished(self, doc: Document, stem: str) -> None:
+        if not self._pending:
+            self._oldest = time.monotonic()
+        self._pending.append((doc, stem))
+        if len(self._pending) >= self.gcfg.rows_per_file:
+            await self._flush()
+
+    async def _tick(self) -> None:
+        """A finished document waits at most ``flush_interval_s`` for siblings to share its file."""
+        every = max(0.5, min(5.0, self.gcfg.flush_interval_s / 4))
+        while True:
+            await asyncio.sleep(every)
+            if self._pending and time.monotonic() - self._oldest >= self.gcfg.flush_interval_s:
+                try:
+                    await self._flush()
+                except storage.StorageError:
+                    pass  # kept pending; the next tick or the batch's own flush tries again
+
+    async def _flush(self) -> None:
+        assert self._flush_lock is not None
+        async with self._flush_lock:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, []
+            try:
+                await asyncio.to_thread(self._write, batch)
+            except BaseException:
+                self._pending = batch + self._pending  # not written: try again with the next flush
+                raise
+
+    def _write(self, batch: list[tuple[Document, str]]) -> None:
+        """Documents first, then their resume state: a crash in between only leaves state that
+        the next run drops (the documents are already there)."""
+        docs = [d for d, _ in batch]
+        table = documents_to_table(docs)
+        loc = self.run.join(part_name([d.id for d in docs]))
+        for attempt in range(4):  # a storage hiccup: back off and retry before failing the batch
+            try:
+                storage.write_parquet(loc, table)
+                break
+            except storage.StorageError:
+                if attempt == 3:
+                    raise
+                time.sleep(2.0 * 2**attempt)
+        for _, stem in batch:
+            try:
+                storage.delete(self.state.join(f"{stem}.json"))
+            except storage.StorageError:
+                pass  # stale state of a finished document is dropped by the next run
 
     async def _one(self, row: dict[str, Any]) -> Document:
         assert self._sem is not None
@@ -67,13 +123,11 @@ class DocumentStage:
             meta = json.loads(row.get("metadata") or "{}")
             state_loc = self.state.join(f"{state_key(row['id'], row['prompt'], row.get('length'))}.json")
             state = self._load_state(state_loc)
-            n_words = 0
 
             def save(st: WriteState) -> None:
                 storage.write_bytes(state_loc, st.to_json().encode())
 
             def on_event(kind: str, doc: Document) -> None:
-                nonlocal n_words
                 if kind == "section" and self.board is not None:
                     s = doc.sections[-1]
                     toks = sum(c.generated_tokens for c in doc.calls if c.step == s.index)
@@ -92,7 +146,8 @@ class DocumentStage:
                 await asyncio.sleep(min(30.0, 2.0 * 2**attempt))
             if self.board is not None:
                 self.board.finished.remote(doc.id, doc.status == "ok")
-            return doc
+        await self._finished(doc, state_key(row["id"], row["prompt"], row.get("length")))
+        return doc
 
     def _load_state(self, loc: storage.Location) -> WriteState | None:
         try:

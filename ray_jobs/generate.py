@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from core import credentials, reconcile, storage
+from core import credentials, reconcile, run_lock, storage
 from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig
 from core.inputs import InputError, read_prompts
 from core.records import DOCUMENT_SCHEMA, SCHEMA_VERSION, Document, documents_to_table
@@ -101,25 +101,27 @@ def run_generate(gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWriteConfi
     run = root.join(f"run_id={run_id}")
     state = root.join("_state", f"run_id={run_id}")
     storage.makedirs(run)
-    storage.delete(run.join("_SUCCESS"))  # a run is in progress: the old manifest no longer holds
-    storage.remove_stale_temporaries(run)
-    existing = reconcile.settle_replacements(run, reconcile.read_rows(run))
-    plan = reconcile.plan_rerun(existing, good, bad)
-    reconcile.retire(run, plan.retire)
-    model_label = ecfg.model or "SmolLM2-135M-Instruct"
-    if plan.bad_to_write:
-        docs = [error_document(e, gcfg.mode, model_label) for e in plan.bad_to_write]
-        storage.write_parquet(run.join(reconcile.part_name([d.id for d in docs])), documents_to_table(docs))
-    todo = plan.todo
-    _drop_stale_state(state, todo)
-    print(f"[generate] run_id={run_id}: {len(good)} valid prompts, {len(bad)} bad rows, "
-          f"{plan.reused} already done, {len(todo)} to write -> {run.uri}", file=console.stream())
-    if todo:
-        _run_ray(todo, gcfg, ecfg, acfg, scfg, run, state, progress)
-    summary = _summarize(run, run_id, gcfg, ecfg, time.time() - t0, len(good) + len(bad))
-    summary["reused"] = plan.reused
-    storage.write_bytes(run.join("_SUCCESS"), json.dumps(summary, indent=1, default=str).encode())
-    return summary
+    lease = run_lock.acquire(run, gcfg.lock_ttl_s)  # one writer per run; refused with the holder's name
+    with run_lock.Heartbeat(run, lease, gcfg.lock_ttl_s):
+        storage.delete(run.join("_SUCCESS"))  # a run is in progress: the old manifest no longer holds
+        storage.remove_stale_temporaries(run)
+        existing = reconcile.settle_replacements(run, reconcile.read_rows(run))
+        plan = reconcile.plan_rerun(existing, good, bad)
+        reconcile.retire(run, plan.retire)
+        model_label = ecfg.model or "SmolLM2-135M-Instruct"
+        if plan.bad_to_write:
+            docs = [error_document(e, gcfg.mode, model_label) for e in plan.bad_to_write]
+            storage.write_parquet(run.join(reconcile.part_name([d.id for d in docs])), documents_to_table(docs))
+        todo = plan.todo
+        _drop_stale_state(state, todo)
+        print(f"[generate] run_id={run_id}: {len(good)} valid prompts, {len(bad)} bad rows, "
+              f"{plan.reused} already done, {len(todo)} to write -> {run.uri}", file=console.stream())
+        if todo:
+            _run_ray(todo, gcfg, ecfg, acfg, scfg, run, state, progress)
+        summary = _summarize(run, run_id, gcfg, ecfg, time.time() - t0, len(good) + len(bad))
+        summary["reused"] = plan.reused
+        storage.write_bytes(run.join("_SUCCESS"), json.dumps(summary, indent=1, default=str).encode())
+        return summary
 
 
 def _drop_stale_state(state: storage.Location, todo: list) -> None:

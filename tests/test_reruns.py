@@ -1,8 +1,10 @@
 """Reruns of the bulk job keep one row per input id (real Ray, real vLLM on CPU, local Parquet).
 
-Run 1 has a bad length; run 2 is the same command spelled ``./p.jsonl``, after the bad row was
-fixed, one prompt edited and one appended: the same run folder, the fixed and edited rows
-written again (their old rows retired), the untouched rows' file reused byte for byte.
+Run 1 has a bad length and one long document: a second job on the same output is refused while
+it runs, and the short documents are readable before the long one ends. Run 2 is the same
+command spelled ``./p.jsonl``, after the bad row was fixed, one prompt edited and one appended:
+the same run folder, the fixed and edited rows written again (their old rows retired), the
+untouched rows reused as they were.
 Also the pure rules of core.reconcile, and crash recovery between a replacement's two steps.
 """
 
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,22 +37,43 @@ def test_rerun_retries_fixed_rows_rewrites_edited_ones_and_ignores_path_spelling
     inp = tmp_path / "p.jsonl"
     rows = [{"id": "a", "prompt": "Write a short note about tea.", "length": 80},
             {"id": "b", "prompt": "Write a short note about moss.", "length": 80},
+            {"id": "long", "prompt": "Write an essay about the history of bridges.", "length": 1500},
             {"id": "n1", "prompt": "Write about ants.", "length": -5}]
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    base = [sys.executable, "-m", "ray_jobs.generate", "--output", str(out), "--rows-per-file", "1",
-            "--enforce-eager", "--resample-tries", "0"]
+    base = [sys.executable, "-m", "ray_jobs.generate", "--output", str(out), "--rows-per-file", "16",
+            "--flush-interval-s", "2", "--enforce-eager", "--resample-tries", "0"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": f"/tmp/lwrerun{os.getpid()}"}
-    r1 = subprocess.run(base + ["--input", str(inp)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert r1.returncode == 1, r1.stderr[-2000:]  # n1 failed: exit 1
+    proc = subprocess.Popen(base + ["--input", str(inp)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    # While it runs: a second job on the same output is refused, naming the holder.
+    deadline = time.time() + 120
+    while not list(out.glob("run_id=*/_LOCK")) and time.time() < deadline:
+        time.sleep(0.5)
+    second = subprocess.run(base + ["--input", str(inp)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 2 and f"is being written by {socket.gethostname()}:{proc.pid}" in second.stderr, \
+        second.stderr[-1500:]
+    # The short documents land while the long one (same batch of 16) is still being written.
+    seen_early = False
+    while proc.poll() is None:
+        run_dirs = list(out.glob("run_id=*"))
+        if run_dirs and list(run_dirs[0].glob("part-*.parquet")):
+            ids = {r["id"] for r in rows_of(run_dirs[0])}
+            if {"a", "b"} <= ids and "long" not in ids:
+                seen_early = True
+        time.sleep(0.5)
+    stdout, stderr = proc.communicate()
+    assert proc.returncode == 1, stderr[-2000:]  # n1 failed: exit 1
+    assert seen_early, "the finished short documents were not readable before the long one ended"
     runs = list(out.glob("run_id=*"))
-    assert len(runs) == 1
+    assert len(runs) == 1 and not (runs[0] / "_LOCK").exists()
     first = {r["id"]: r for r in rows_of(runs[0])}
     assert first["n1"]["status"] == "failed" and "length" in first["n1"]["error"]
-    assert first["a"]["status"] == first["b"]["status"] == "ok"
-    files_before = {p.name: p.read_bytes() for p in runs[0].glob("part-*.parquet")}
+    assert first["a"]["status"] == first["b"]["status"] == first["long"]["status"] == "ok"
+    full_before = {r["id"]: r for r in pads.dataset(str(runs[0]), format="parquet").to_table().to_pylist()}
 
-    rows[2]["length"] = 90  # fixed
+    rows[3]["length"] = 90  # fixed
     rows[1]["prompt"] = "Write a short note about glass."  # edited
     rows.append({"id": "c", "prompt": "Write a short note about salt.", "length": 80})  # appended
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -59,18 +84,18 @@ def test_rerun_retries_fixed_rows_rewrites_edited_ones_and_ignores_path_spelling
                         timeout=900)
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert list(out.glob("run_id=*")) == runs  # same run: the path's spelling is not its identity
-    second = rows_of(runs[0])
-    ids = [r["id"] for r in second]
-    assert sorted(ids) == ["a", "b", "c", "n1"], ids  # one row per id
-    by_id = {r["id"]: r for r in second}
-    assert all(r["status"] == "ok" for r in second)
+    after = pads.dataset(str(runs[0]), format="parquet").to_table().to_pylist()
+    ids = [r["id"] for r in after]
+    assert sorted(ids) == ["a", "b", "c", "long", "n1"], ids  # one row per id
+    by_id = {r["id"]: r for r in after}
+    assert all(r["status"] == "ok" for r in after)
     assert by_id["b"]["prompt"] == "Write a short note about glass."
     assert by_id["n1"]["target_words"] == 90
-    a_file = next(n for n, data in files_before.items() if b"about tea" in data)
-    assert (runs[0] / a_file).read_bytes() == files_before[a_file]  # reused untouched
+    for same in ("a", "long"):  # reused as they were, not written again
+        assert by_id[same] == full_before[same]
     manifest = json.loads((runs[0] / "_SUCCESS").read_text())
     assert sorted(manifest["files"]) == sorted(p.name for p in runs[0].glob("part-*.parquet"))
-    assert manifest["documents"] == 4 and manifest["reused"] == 1
+    assert manifest["documents"] == 5 and manifest["reused"] == 2
     assert not list(runs[0].glob("*.partial"))  # the stale temp file is gone
 
 
