@@ -288,13 +288,14 @@ def print_excerpt(s: dict[str, Any], scfg: StorageConfig, *, embedded: bool, cha
     run = storage.resolve(s["output"], scfg)
     files = storage.list_files(run, ".parquet")
     t = pads.dataset(files, filesystem=run.fs, format="parquet").to_table(
-        columns=["id", "text", "word_count"], filter=pads.field("status") == "ok")
+        columns=["id", "text", "word_count", "target_words", "language"], filter=pads.field("status") == "ok")
     if not t.num_rows:
         return
-    row = t.slice(0, 1).to_pylist()[0]
+    # The English document closest to its target: what the job is for (length), readably.
+    row = min(t.to_pylist(), key=lambda r: (r["language"] != "en", abs(r["word_count"] / max(1, r["target_words"]) - 1)))
     text = " ".join(row["text"].split())
     note = " (the embedded 135M model shows the mechanics and length control, not prose quality)" if embedded else ""
-    print(f"\nexcerpt of {row['id']}, {row['word_count']} words{note}:")
+    print(f"\nexcerpt of {row['id']}, {row['word_count']} words for a target of {row['target_words']}{note}:")
     print("  " + text[:chars] + (" ..." if len(text) > chars else ""))
     print(f"all {s['ok']} documents: {s['output']}/*.parquet (column text; README 'Query it')")
 
