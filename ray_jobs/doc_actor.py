@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from typing import Any
 
@@ -27,6 +28,9 @@ from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageC
 from core.reconcile import part_name, state_key
 from core.records import Document, documents_to_table
 
+# Marker of a document this run has written, beside its state: a batch that Ray runs again
+# (after the actor restarted) skips it. Every run drops the markers when it starts and ends.
+DONE_SUFFIX = ".done"
 SUMMARY_COLUMNS = ["id", "status", "error", "target_words", "word_count", "prompt_tokens",
                    "cached_tokens", "generated_tokens", "latency_s"]
 
@@ -60,10 +64,18 @@ class DocumentStage:
             self._flush_lock = asyncio.Lock()
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
         rows = batch.to_pylist()
-        docs = await asyncio.gather(*(self._one(r) for r in rows))
+        summary = await asyncio.gather(*(self._one(r) for r in rows))
         await self._flush()  # the batch returns only once its documents are in files
-        summary = [{c: getattr(d, c) for c in SUMMARY_COLUMNS} for d in docs]
         return pa.Table.from_pylist(summary)
+
+    async def _restart_actor(self, doc: Document) -> None:
+        """The vLLM engine died under this actor. Its documents must not become failed rows:
+        write what is finished, then end the process, so that Ray restarts the actor (map actors
+        restart without limit) and runs its batches again, every document resuming from its
+        saved sections."""
+        print(f"[generate] the engine of this actor died ({doc.error}); restarting the actor", flush=True)
+        await self._flush()
+        os._exit(70)
 
     async def _finished(self, doc: Document, stem: str) -> None:
         if not self._pending:
@@ -109,14 +121,21 @@ class DocumentStage:
                 if attempt == 3:
                     raise
                 time.sleep(2.0 * 2**attempt)
-        for _, stem in batch:
-            try:
+        for doc, stem in batch:
+            try:  # "written" marker first, then the resume state goes
+                summary = {c: getattr(doc, c) for c in SUMMARY_COLUMNS}
+                storage.write_bytes(self.state.join(f"{stem}{DONE_SUFFIX}"), json.dumps(summary).encode())
                 storage.delete(self.state.join(f"{stem}.json"))
             except storage.StorageError:
                 pass  # stale state of a finished document is dropped by the next run
 
-    async def _one(self, row: dict[str, Any]) -> Document:
+    async def _one(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Write one document (or find it written already) and return its SUMMARY_COLUMNS."""
         assert self._sem is not None
+        stem = state_key(row["id"], row["prompt"], row.get("length"))
+        done = self._load_done(stem)
+        if done is not None:  # written before this actor restarted: Ray re-runs whole batches
+            return done
         async with self._sem:
             if self.board is not None:
                 self.board.started.remote(row["id"])
@@ -142,12 +161,22 @@ class DocumentStage:
                                                   metadata=meta, state=state, on_state=save, on_event=on_event)
                 if doc.status == "ok" or not doc.retryable:
                     break
+                if getattr(self.engine, "dead", False):
+                    await self._restart_actor(doc)
                 state = self._load_state(state_loc)  # keep what the failed attempt finished
                 await asyncio.sleep(min(30.0, 2.0 * 2**attempt))
+            if doc.status != "ok" and doc.retryable and getattr(self.engine, "dead", False):
+                await self._restart_actor(doc)
             if self.board is not None:
                 self.board.finished.remote(doc.id, doc.status == "ok")
-        await self._finished(doc, state_key(row["id"], row["prompt"], row.get("length")))
-        return doc
+        await self._finished(doc, stem)
+        return {c: getattr(doc, c) for c in SUMMARY_COLUMNS}
+
+    def _load_done(self, stem: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(storage.read_bytes(self.state.join(f"{stem}{DONE_SUFFIX}")))
+        except (storage.StorageError, ValueError):
+            return None
 
     def _load_state(self, loc: storage.Location) -> WriteState | None:
         try:

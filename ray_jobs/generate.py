@@ -118,6 +118,7 @@ def run_generate(gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWriteConfi
               f"{plan.reused} already done, {len(todo)} to write -> {run.uri}", file=console.stream())
         if todo:
             _run_ray(todo, gcfg, ecfg, acfg, scfg, run, state, progress)
+        _drop_stale_state(state, todo)  # the markers go; state of documents that failed stays for their retry
         summary = _summarize(run, run_id, gcfg, ecfg, time.time() - t0, len(good) + len(bad))
         summary["reused"] = plan.reused
         storage.write_bytes(run.join("_SUCCESS"), json.dumps(summary, indent=1, default=str).encode())
@@ -125,9 +126,10 @@ def run_generate(gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWriteConfi
 
 
 def _drop_stale_state(state: storage.Location, todo: list) -> None:
-    """Resume state of documents this run will not write (finished, or edited since) goes."""
+    """Resume state of documents this run will not write (finished, or edited since) goes,
+    and so do the previous run's "written" markers (doc_actor.DONE_SUFFIX)."""
     keep = {reconcile.state_key(r.id, r.prompt, r.length) + ".json" for r in todo}
-    for f in storage.list_files(state, ".json"):
+    for f in storage.list_files(state):
         if f.rsplit("/", 1)[-1] not in keep:
             storage.delete(storage.Location(state.fs, f, f))
 

@@ -98,6 +98,11 @@ class VLLMEngine:
         """What starting will do (compile or reuse the cache) and about how long, for the CLI."""
         return start_notes.expectation(self.model_path, self.cfg, self.model_name)
 
+    @property
+    def dead(self) -> bool:
+        """The engine's processes are gone (killed, crashed): no call on it can succeed again."""
+        return self._engine is not None and bool(self._engine.errored)
+
     async def close(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()
