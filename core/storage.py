@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import os
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from core.config import StorageConfig
+
+T = TypeVar("T")
 
 
 # Local temporaries: "_" keeps them out of pyarrow/Spark/datasets listings, and the suffix out of
@@ -68,11 +72,36 @@ def resolve(uri: str, cfg: StorageConfig | None = None) -> Location:
     return Location(pafs.LocalFileSystem(), path, path)
 
 
+# Object stores have bad moments (a throttled request, a reconnect, an endpoint that restarts):
+# each remote call is retried with exponential backoff, about 45 s in all, before it fails.
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0)
+
+
+def _transient(e: OSError) -> bool:
+    msg = str(e).lower()
+    permanent = ("not found", "nosuchkey", "nosuchbucket", "access denied", "accessdenied", "forbidden",
+                 "invalidaccesskeyid", "signaturedoesnotmatch")
+    return not isinstance(e, FileNotFoundError) and not any(p in msg for p in permanent)
+
+
+def _remote(loc: Location, what: str, fn: Callable[[], T]) -> T:
+    """Run one storage call; on a remote store, retry transient failures with backoff.
+    Local disks fail for good (permissions, a file where a folder should be): no retry."""
+    local = isinstance(loc.fs, pafs.LocalFileSystem)
+    for delay in (() if local else RETRY_DELAYS_S) + (None,):
+        try:
+            return fn()
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            if delay is None or not _transient(e):
+                raise StorageError(f"cannot {what} {loc.uri}: {_short(e)}") from None
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def info(loc: Location) -> pafs.FileInfo:
-    try:
-        return loc.fs.get_file_info(loc.path)
-    except OSError as e:
-        raise StorageError(f"cannot reach {loc.uri}: {_short(e)}") from None
+    return _remote(loc, "reach", lambda: loc.fs.get_file_info(loc.path))
 
 
 def exists(loc: Location) -> bool:
@@ -92,7 +121,7 @@ def list_files(loc: Location, suffix: str = "") -> list[str]:
         return []
     sel = pafs.FileSelector(loc.path, recursive=True, allow_not_found=True)
     out = []
-    for fi in loc.fs.get_file_info(sel):
+    for fi in _remote(loc, "list", lambda: loc.fs.get_file_info(sel)):
         rel = posixpath.relpath(fi.path, loc.path)
         if fi.type == pafs.FileType.File and fi.path.endswith(suffix) and not any(
             part.startswith((".", "_")) for part in rel.split("/")
@@ -102,32 +131,37 @@ def list_files(loc: Location, suffix: str = "") -> list[str]:
 
 
 def read_bytes(loc: Location) -> bytes:
-    try:
+    def get() -> bytes:
         with loc.fs.open_input_stream(loc.path) as fh:
             return fh.read()
+
+    try:
+        return _remote(loc, "read", get)
     except FileNotFoundError:
         raise StorageError(f"not found: {loc.uri}") from None
-    except OSError as e:
-        raise StorageError(f"cannot read {loc.uri}: {_short(e)}") from None
 
 
 def write_bytes(loc: Location, data: bytes) -> None:
     """Atomic write: readers see the old object or the whole new one, never a part."""
     if isinstance(loc.fs, pafs.LocalFileSystem):
         parent = posixpath.dirname(loc.path)
-        os.makedirs(parent, exist_ok=True)
         tmp = posixpath.join(parent, f"{TEMP_PREFIX}{posixpath.basename(loc.path)}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, loc.path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, loc.path)
+        except OSError as e:
+            raise StorageError(f"cannot write {loc.uri}: {_short(e)}") from None
         return
-    try:
+
+    def put() -> None:
         with loc.fs.open_output_stream(loc.path) as fh:
             fh.write(data)
-    except OSError as e:
-        raise StorageError(f"cannot write {loc.uri}: {_short(e)}") from None
+
+    _remote(loc, "write", put)
 
 
 def write_parquet(loc: Location, table: pa.Table) -> None:
@@ -141,8 +175,6 @@ def remove_stale_temporaries(loc: Location, older_than_s: float = 600.0) -> int:
     busy with one is younger); returns how many."""
     if not isinstance(loc.fs, pafs.LocalFileSystem) or not os.path.isdir(loc.path):
         return 0
-    import time
-
     n = 0
     for name in os.listdir(loc.path):
         p = os.path.join(loc.path, name)
@@ -158,12 +190,12 @@ def remove_stale_temporaries(loc: Location, older_than_s: float = 600.0) -> int:
 
 def delete(loc: Location) -> None:
     try:
-        loc.fs.delete_file(loc.path)
+        _remote(loc, "delete", lambda: loc.fs.delete_file(loc.path))
     except FileNotFoundError:
         pass
-    except OSError as e:
+    except StorageError as e:
         if "not found" not in str(e).lower() and "NoSuchKey" not in str(e):
-            raise StorageError(f"cannot delete {loc.uri}: {_short(e)}") from None
+            raise
 
 
 def _short(e: BaseException) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from core import credentials, storage
-from core.agentwrite import AgentWriter, WriteState
+from core.agentwrite import AgentWriter, DocumentError, WriteState
 from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig
 from core.reconcile import part_name, state_key
 from core.records import Document, documents_to_table
@@ -113,14 +113,7 @@ class DocumentStage:
         docs = [d for d, _ in batch]
         table = documents_to_table(docs)
         loc = self.run.join(part_name([d.id for d in docs]))
-        for attempt in range(4):  # a storage hiccup: back off and retry before failing the batch
-            try:
-                storage.write_parquet(loc, table)
-                break
-            except storage.StorageError:
-                if attempt == 3:
-                    raise
-                time.sleep(2.0 * 2**attempt)
+        storage.write_parquet(loc, table)  # storage retries an object store's bad moments itself
         for doc, stem in batch:
             try:  # "written" marker first, then the resume state goes
                 summary = {c: getattr(doc, c) for c in SUMMARY_COLUMNS}
@@ -144,7 +137,10 @@ class DocumentStage:
             state = self._load_state(state_loc)
 
             def save(st: WriteState) -> None:
-                storage.write_bytes(state_loc, st.to_json().encode())
+                try:
+                    storage.write_bytes(state_loc, st.to_json().encode())
+                except storage.StorageError as e:  # this document fails with the reason; the job goes on
+                    raise DocumentError(f"could not save its resume state: {e}") from None
 
             def on_event(kind: str, doc: Document) -> None:
                 if kind == "section" and self.board is not None:

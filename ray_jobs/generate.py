@@ -129,9 +129,12 @@ def _drop_stale_state(state: storage.Location, todo: list) -> None:
     """Resume state of documents this run will not write (finished, or edited since) goes,
     and so do the previous run's "written" markers (doc_actor.DONE_SUFFIX)."""
     keep = {reconcile.state_key(r.id, r.prompt, r.length) + ".json" for r in todo}
-    for f in storage.list_files(state):
-        if f.rsplit("/", 1)[-1] not in keep:
-            storage.delete(storage.Location(state.fs, f, f))
+    try:
+        for f in storage.list_files(state):
+            if f.rsplit("/", 1)[-1] not in keep:
+                storage.delete(storage.Location(state.fs, f, f))
+    except storage.StorageError as e:  # housekeeping only: never the reason a job fails
+        console.say(f"[generate] could not clean {state.uri}: {e}")
 
 
 def _run_ray(todo: list, gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWriteConfig,
