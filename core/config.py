@@ -111,6 +111,8 @@ class GenerateConfig:
     engine_num_gpus: float | None = _f(None, "Ray GPUs per engine actor (default: tensor_parallel_size when a GPU exists, else 0)")
     limit: int | None = _f(None, "only the first N valid prompts")
     doc_retries: int = _f(2, "extra attempts for a document whose engine calls failed")
+    shared_output: bool = _f(False, "a local --output is a folder every node of a multi-machine cluster mounts "
+                                    "(NFS, Lustre); without it such an output is refused")
     lock_ttl_s: float = _f(120.0, "a run's writer renews its _LOCK lease every quarter of this; a lease older than "
                                   "this belongs to a dead job and is taken over")
 

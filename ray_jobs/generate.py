@@ -157,6 +157,10 @@ def _run_ray(todo: list, gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWr
     if not ray.is_initialized():
         console.say("[generate] starting Ray" + (f" (joining {os.environ['RAY_ADDRESS']})" if os.environ.get("RAY_ADDRESS") else ""))
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=console.worker_logs_to_driver())
+    ips = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+    problem = local_output_problem(run.uri, len(ips), gcfg.shared_output)
+    if problem:
+        raise ValueError(problem)
     console.say(f"[generate] {gcfg.engines} engine actor(s): {_start_expectation(ecfg)}")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -193,6 +197,14 @@ def _run_ray(todo: list, gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWr
     finally:
         stop.set()
         watcher.join(timeout=5)
+
+
+def local_output_problem(uri: str, machines: int, shared: bool) -> str | None:
+    """A local --output on a cluster of several machines would scatter the run over their disks."""
+    if uri.startswith("s3://") or machines <= 1 or shared:
+        return None
+    return (f"--output {uri} is a local path but the Ray cluster spans {machines} machines: each would write "
+            f"its own copy; use s3://... or a path every node mounts, and then pass --shared-output")
 
 
 def _start_expectation(ecfg: EngineConfig) -> str:

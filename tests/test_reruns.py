@@ -138,3 +138,13 @@ def test_retire_then_crash_before_delete_is_settled_next_time(tmp_path):
     # ... and the next run's settle step deletes the replaced file.
     rows = reconcile.settle_replacements(run, rows)
     assert sorted(r.id for r in rows) == ["a"] and not old.exists()
+
+
+def test_local_output_on_several_machines_is_refused():
+    from ray_jobs.generate import local_output_problem
+
+    assert local_output_problem("/data/out/run_id=r", 1, False) is None
+    assert local_output_problem("s3://b/out/run_id=r", 4, False) is None
+    assert local_output_problem("/mnt/nfs/out/run_id=r", 4, True) is None
+    msg = local_output_problem("/data/out/run_id=r", 3, False)
+    assert msg and "spans 3 machines" in msg and "--shared-output" in msg
