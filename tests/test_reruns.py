@@ -37,7 +37,7 @@ def test_rerun_retries_fixed_rows_rewrites_edited_ones_and_ignores_path_spelling
     inp = tmp_path / "p.jsonl"
     rows = [{"id": "a", "prompt": "Write a short note about tea.", "length": 80},
             {"id": "b", "prompt": "Write a short note about moss.", "length": 80},
-            {"id": "long", "prompt": "Write an essay about the history of bridges.", "length": 1500},
+            {"id": "long", "prompt": "Write an essay about the history of bridges.", "length": 600},
             {"id": "n1", "prompt": "Write about ants.", "length": -5}]
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
