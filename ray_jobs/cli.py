@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (details: {console.log_path()})" if console.log_path() else ""
         console.say(f"longwriter {args.command}: error: {msg}{where}")
         return 2
+    finally:
+        console.end()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from core.config import longwriter_home
 
 _stream: TextIO | None = None
 _log_path: Path | None = None
+_saved_fd: int | None = None
 _verbose = False  # set by start() for `longwriter --verbose`
 
 
@@ -74,13 +75,30 @@ def hide_third_party_output(command: str) -> Path:
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     sys.stderr.flush()
+    global _saved_fd
     terminal = os.dup(2)
+    _saved_fd = os.dup(2)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 2)
     os.close(fd)
     _stream = os.fdopen(terminal, "w", buffering=1, encoding="utf-8", errors="replace")
     _log_path = path
     return path
+
+
+def end() -> None:
+    """Put fd 2 back (the CLI calls this when a command returns: `main([...])` run in-process,
+    as tests do, must not leave the caller's stderr pointing at a log file)."""
+    global _stream, _log_path, _saved_fd
+    if _saved_fd is None:
+        return
+    sys.stderr.flush()
+    if _stream is not None:
+        _stream.flush()
+        _stream.close()
+    os.dup2(_saved_fd, 2)
+    os.close(_saved_fd)
+    _stream, _log_path, _saved_fd = None, None, None
 
 
 def quiet_environment() -> None:

@@ -64,3 +64,16 @@ def test_errors_name_the_log_by_default():
     r = lw("write", "x", "--model", "/nonexistent/model/dir")
     err = [ln for ln in r.stderr.splitlines() if "error:" in ln]
     assert len(err) == 1 and "(details: " in err[0] and "/logs/write-" in err[0]
+
+
+def test_in_process_main_gives_stderr_back(tmp_path):
+    """`main([...])` called in-process (as tests and the module entry points do) hides third-party
+    output only while the command runs: fd 2 is the same file again afterwards."""
+    import os
+
+    from ray_jobs.cli import main
+
+    before = os.fstat(2)
+    assert main(["write", "x", "--model", str(tmp_path / "missing")]) == 2
+    after = os.fstat(2)
+    assert (before.st_dev, before.st_ino) == (after.st_dev, after.st_ino)
