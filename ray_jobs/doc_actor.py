@@ -51,6 +51,9 @@ class DocumentStage:
         self.run = storage.resolve(run_uri, scfg)
         self.state = storage.resolve(state_uri, scfg)
         self.board = board
+        # Only a restarted actor can meet documents it already wrote: look for markers then only
+        # (one storage read per document otherwise, a GET per document on S3).
+        self._restarted = _was_restarted()
         self._sem: asyncio.Semaphore | None = None
         # Finished documents not yet in a file: (document, its state stem), oldest first.
         self._pending: list[tuple[Document, str]] = []
@@ -126,7 +129,7 @@ class DocumentStage:
         """Write one document (or find it written already) and return its SUMMARY_COLUMNS."""
         assert self._sem is not None
         stem = state_key(row["id"], row["prompt"], row.get("length"))
-        done = self._load_done(stem)
+        done = self._load_done(stem) if self._restarted else None
         if done is not None:  # written before this actor restarted: Ray re-runs whole batches
             return done
         async with self._sem:
@@ -182,3 +185,12 @@ class DocumentStage:
         except (ValueError, TypeError):  # a torn or foreign file: start the document afresh
             return None
 
+
+def _was_restarted() -> bool:
+    """Ray's public answer; when it cannot be had, assume a restart (the safe side)."""
+    try:
+        import ray
+
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:
+        return True
