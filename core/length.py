@@ -6,6 +6,7 @@ and tests alike without pulling in any heavy dependency.
 
 from __future__ import annotations
 
+import bisect
 import re
 
 __all__ = [
@@ -16,6 +17,9 @@ __all__ = [
     "length_score",
     "parse_target_length",
 ]
+
+MAX_PROMPT_CHARS = 20_000  # longest instruction accepted anywhere (job input, /v1/longwrite)
+MAX_TARGET_WORDS = 50_000  # largest length a row, a request or an instruction may ask for
 
 _CJK_RE = re.compile(r"[\u4e00-\u9fff]")
 _EN_WORD_RE = re.compile(r"\b[a-zA-Z]+\b")
@@ -69,26 +73,42 @@ _MULTIPLIERS = {"k": 1000, "thousand": 1000, "千": 1000, "万": 10000}
 
 # Longest first so "seventeen" is not read as "seven" + garbage.
 _EN_WORD_ALT = "|".join(sorted([*_EN_UNITS, *_EN_SCALES], key=len, reverse=True))
-_EN_NUM = (rf"\b(?:a\s+(?=(?:hundred|thousand)\b))?(?:{_EN_WORD_ALT})\b"
-           rf"(?:(?:\s+and\s+|[\s-]+)(?:{_EN_WORD_ALT})\b)*")
-_DIGIT_NUM = (r"(?<!\d)(?<!\d[.,])(?:\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)"
-              r"(?:\s*(?:k|thousand|千|万)(?![a-z]))?")
-_ZH_NUM = r"[零〇一二两三四五六七八九十百千万]+"
+# Linear time. Every repetition in the number patterns is bounded ({0,N}, never * or +), and
+# parse_target_length tries them only where a number starts (the start of a digit run, of a
+# Chinese numeral run, of a run of English number words, "between", "a hundred") with a unit
+# word close behind. Unbounded, one run of number words ("twenty-one " * 1000) cost cubic time.
+# The bounds are far above real numbers: the longest English number below 10^9 has 17 words.
+_EN_NUM = (rf"\b(?:a\s{{1,4}}(?=(?:hundred|thousand)\b))?(?:{_EN_WORD_ALT})\b"
+           rf"(?:(?:\s{{1,4}}and\s{{1,4}}|[\s-]{{1,4}})(?:{_EN_WORD_ALT})\b){{0,16}}")
+_DIGIT_NUM = (r"(?<!\d)(?<!\d[.,])(?:\d{1,3}(?:,\d{3}){1,3}|\d{1,9}(?:\.\d{1,6})?)"
+              r"(?:\s{0,4}(?:k|thousand|千|万)(?![a-z]))?")
+_ZH_NUM = r"[零〇一二两三四五六七八九十百千万]{1,12}"
 _NUM = rf"(?:{_DIGIT_NUM}|{_EN_NUM}|{_ZH_NUM})"
-_SEP = r"\s*(?:-|–|—|~|～|to|到|至)\s*"
-_UNIT = r"(?:[\s-]*words?\b|\s*个?(?:单词|汉字|字|词))"
+_SEP = r"\s{0,4}(?:-|–|—|~|～|to|到|至)\s{0,4}"
+_UNIT = r"(?:[\s-]{0,4}words?\b|\s{0,4}个?(?:单词|汉字|字|词))"
 
 # Ranges are tried before single numbers at each position, so "800-1200
 # words" is a range rather than "1200 words" found one step later.
 _UNIT_RE = re.compile(
-    rf"(?:between\s+(?P<a1>{_NUM})\s+and\s+(?P<b1>{_NUM})"
+    rf"(?:between\s{{1,4}}(?P<a1>{_NUM})\s{{1,4}}and\s{{1,4}}(?P<b1>{_NUM})"
     rf"|(?P<a2>{_NUM}){_SEP}(?P<b2>{_NUM})"
     rf"|(?P<n>{_NUM})){_UNIT}",
     re.IGNORECASE,
 )
+_ZH_CHARS = "零〇一二两三四五六七八九十百千万"
+_NUMBER_START = re.compile(
+    rf"\bbetween\b|\ba\s{{1,4}}(?=(?:hundred|thousand)\b)|(?<!\d)(?<!\d[.,])\d|(?<![{_ZH_CHARS}])[{_ZH_CHARS}]"
+    rf"|\b(?:{_EN_WORD_ALT})\b(?:(?:\s+and\s+|[\s-]+)(?:{_EN_WORD_ALT})\b)*",  # a whole run: one start
+    re.IGNORECASE,
+)
+_UNIT_WORD = re.compile(r"words?\b|单词|汉字|字|词", re.IGNORECASE)
+_UNIT_REACH = 400  # characters: the longest number-and-unit match is far shorter
+_COUNT_WORD = re.compile(r"word\s{0,4}count|字数", re.IGNORECASE)
+_COUNT_TRIES = 64  # "word count" phrases looked at, at most
+
 # Fallback for "word count: 2000" / "字数要求3000" where the unit precedes.
 _COUNT_RE = re.compile(
-    rf"(?:word\s*count|字数)[^\d零〇一二两三四五六七八九十百千万]{{0,20}}?"
+    rf"(?:word\s{{0,4}}count|字数)[^\d零〇一二两三四五六七八九十百千万]{{0,20}}?"
     rf"(?:(?P<a2>{_NUM}){_SEP}(?P<b2>{_NUM})|(?P<n>{_NUM}))",
     re.IGNORECASE,
 )
@@ -167,6 +187,16 @@ def _value_from_match(m: re.Match[str]) -> float:
     return (a + b) / 2
 
 
+def _accept(m: re.Match[str] | None) -> int | None:
+    if m is None:
+        return None
+    n = m.group("n")
+    if n and len(n) == 1 and n in "零〇一二两三四五六七八九十":
+        return None  # idioms, not lengths: 十字(架), 八字, 三字经, 一字一句
+    value = round(_value_from_match(m))
+    return value if value > 0 else None
+
+
 def parse_target_length(instruction: str) -> int | None:
     """Find the requested output length (words / 字) in an instruction.
 
@@ -178,16 +208,30 @@ def parse_target_length(instruction: str) -> int | None:
     ("1,500", "1.5k", "1.5万"), English number words ("two thousand five
     hundred"), Chinese numerals ("一千五百", "两万") and ranges ("800-1200",
     "between 800 and 1200", "800到1000"), which yield their midpoint. When
-    several lengths appear, the first one wins.
+    several lengths appear, the first one wins. Linear in the instruction's length (only its
+    first MAX_PROMPT_CHARS characters are read); the result is None or a positive integer
+    below 10^14 (numbers have at most 9 digits and one multiplier). Callers check it against
+    their own maximum (AgentWrite rejects targets above ``max_length`` with a clear error).
     """
-    for regex in (_UNIT_RE, _COUNT_RE):
-        for m in regex.finditer(instruction):
-            n = m.group("n")
-            if n and len(n) == 1 and n in "零〇一二两三四五六七八九十":
-                continue  # idioms, not lengths: 十字(架), 八字, 三字经, 一字一句
-            value = round(_value_from_match(m))
-            if value > 0:
+    text = instruction[:MAX_PROMPT_CHARS]
+    units = [m.start() for m in _UNIT_WORD.finditer(text)]
+    if units:
+        for start in _NUMBER_START.finditer(text):
+            pos = start.start()
+            i = bisect.bisect_left(units, pos)
+            if i == len(units):
+                break
+            if units[i] - pos > _UNIT_REACH:
+                continue
+            value = _accept(_UNIT_RE.match(text, pos))
+            if value:
                 return value
+    for k, m in enumerate(_COUNT_WORD.finditer(text)):
+        if k >= _COUNT_TRIES:
+            break
+        value = _accept(_COUNT_RE.match(text, m.start()))
+        if value:
+            return value
     return None
 
 

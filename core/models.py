@@ -79,6 +79,25 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
+def _check_on_hub(model: str) -> None:
+    """A hub id not in the cache must exist on the hub, asked once here (seconds) rather than by
+    every engine process after Ray started (minutes, and a squashed remote traceback)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(model, timeout=10)
+    except GatedRepoError:
+        return  # it exists; the engine's download uses the caller's token
+    except RepositoryNotFoundError:
+        raise ModelNotFound(f"model {model}: no such model on the Hugging Face hub, no directory of that name "
+                            f"and not in the local cache") from None
+    except Exception as e:  # noqa: BLE001 - no network, proxy, timeout: the engine could not download it either
+        raise ModelNotFound(f"model {model} is not in the local Hugging Face cache and the hub cannot be reached "
+                            f"({type(e).__name__}: {' '.join(str(e).split())[:100]}); download it first or "
+                            f"pass a local model directory") from None
+
+
 def resolve_model(model: str | None) -> str:
     """Turn ``--model`` into something vLLM can load; None means the embedded default.
 
@@ -95,9 +114,11 @@ def resolve_model(model: str | None) -> str:
     looks_like_path = model.startswith((".", "/", "~")) or model.count("/") != 1
     if looks_like_path:
         raise ModelNotFound(f"model not found: no directory at {p.resolve()} and not a hub id (org/name)")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
-            raise ModelNotFound(f"model {model} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1")
+    if isinstance(try_to_load_from_cache(model, "config.json"), str):
+        return model
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelNotFound(f"model {model} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1")
+    _check_on_hub(model)
     return model

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
+from core.redact import redact
 
 SCHEMA_VERSION = "1"
 
@@ -95,7 +96,7 @@ class Document:
             "model": self.model,
             "mode": self.mode,
             "status": self.status,
-            "error": self.error,
+            "error": redact(self.error) if self.error else self.error,
             "prompt_tokens": self.prompt_tokens,
             "cached_tokens": self.cached_tokens,
             "generated_tokens": self.generated_tokens,

@@ -10,6 +10,7 @@ state (``_state/``) and the ``_SUCCESS`` manifest live.
 from __future__ import annotations
 
 import os
+import re
 import posixpath
 import time
 import uuid
@@ -60,15 +61,42 @@ def s3_filesystem(cfg: StorageConfig | None = None) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kw)
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(/*)(.*)$", re.S)
+S3_ALIASES = ("s3", "s3a", "s3n")  # Hadoop's names for the same store are accepted, any case
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
 def resolve(uri: str, cfg: StorageConfig | None = None) -> Location:
-    """``s3://bucket/key`` or a local path (``file://`` allowed) -> Location."""
-    if not uri:
+    """``s3://bucket/key`` or a local path (``file://`` allowed) -> Location.
+
+    Accepted spellings: ``s3://``, ``S3://``, ``s3a://`` and ``s3n://`` all mean S3. A URI that
+    looks like a typo of one (``s3:/bucket``, ``s3:bucket``, ``s3://`` with no bucket, a bucket
+    name S3 would refuse) is an error here, not a local folder named ``s3:`` or a listing of
+    every bucket.
+    """
+    if not uri or not uri.strip():
         raise StorageError("empty URI")
-    if uri.startswith("s3://"):
-        return Location(s3_filesystem(cfg), uri[len("s3://"):].rstrip("/"), uri.rstrip("/"))
-    if "://" in uri and not uri.startswith("file://"):
-        raise StorageError(f"unsupported URI scheme in {uri} (use a local path or s3://)")
-    path = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+    m = _SCHEME.match(uri)
+    scheme = m.group(1).lower() if m else ""
+    if m and scheme in S3_ALIASES:
+        if m.group(2) != "//":
+            raise StorageError(f"malformed S3 URI {uri!r}: write s3://bucket/path")
+        bucket, _, key = m.group(3).partition("/")
+        if not bucket:
+            raise StorageError(f"S3 URI {uri!r} names no bucket: write s3://bucket/path")
+        if not _BUCKET.match(bucket) or ".." in bucket:
+            raise StorageError(f"S3 URI {uri!r}: {bucket!r} is not a valid bucket name "
+                               f"(3-63 characters: lowercase letters, digits, dots, hyphens)")
+        path = f"{bucket}/{key}".rstrip("/")
+        return Location(s3_filesystem(cfg), path, f"s3://{path}")
+    if m and scheme == "file":
+        if m.group(2) not in ("//", "///"):
+            raise StorageError(f"malformed file URI {uri!r}: write file:///absolute/path or a plain path")
+        local = "/" + m.group(3).lstrip("/")
+        return Location(pafs.LocalFileSystem(), local, local)
+    if m and (m.group(2) or scheme in ("gs", "gcs", "hdfs", "abfs", "az", "http", "https")):
+        raise StorageError(f"unsupported URI scheme {scheme!r} in {uri!r} (use a local path or s3://bucket/path)")
+    path = os.path.abspath(os.path.expanduser(uri))
     return Location(pafs.LocalFileSystem(), path, path)
 
 

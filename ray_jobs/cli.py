@@ -14,7 +14,8 @@ import traceback
 from typing import Any, Callable
 
 from core import versions
-from core.config import AgentWriteConfig, EngineConfig, config_fields, update_config
+from core.config import AgentWriteConfig, EngineConfig, check_config, config_fields, update_config
+from core.redact import redact
 from ray_jobs import console
 
 
@@ -48,7 +49,7 @@ def build_config(cls: type, args: argparse.Namespace, yaml_values: dict[str, Any
         cfg = update_config(cfg, yaml_values)
     given = {f.name: getattr(args, f.name) for f in config_fields(cls)
              if getattr(args, f.name, None) is not None}
-    return dataclasses.replace(cfg, **given)
+    return check_config(dataclasses.replace(cfg, **given))
 
 
 def load_yaml(path: str | None) -> dict[str, Any]:
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # one line for users; --debug for the traceback
         if args.debug:
             traceback.print_exc(file=console.stream())
-        msg = " ".join(str(e).split()) or type(e).__name__
+        msg = redact(" ".join(str(e).split()) or type(e).__name__)
         where = f" (details: {console.log_path()})" if console.log_path() else ""
         console.say(f"longwriter {args.command}: error: {msg}{where}")
         return 2

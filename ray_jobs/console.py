@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from core.config import longwriter_home
+from core.redact import redact
 
 _stream: TextIO | None = None
 _log_path: Path | None = None
@@ -39,7 +40,8 @@ def log_path() -> Path | None:
 
 
 def say(msg: str) -> None:
-    print(msg, file=stream(), flush=True)
+    """One line of ours on the terminal (credentials in it masked: core.redact)."""
+    print(redact(msg), file=stream(), flush=True)
 
 
 def verbose_requested(flag: bool = False) -> bool:

@@ -27,6 +27,7 @@ from core.agentwrite import AgentWriter, DocumentError, WriteState
 from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig
 from core.reconcile import part_name, state_key
 from core.records import Document, documents_to_table
+from core.redact import redact
 
 # Marker of a document this run has written, beside its state: a batch that Ray runs again
 # (after the actor restarted) skips it. Every run drops the markers when it starts and ends.
@@ -76,7 +77,7 @@ class DocumentStage:
         write what is finished, then end the process, so that Ray restarts the actor (map actors
         restart without limit) and runs its batches again, every document resuming from its
         saved sections."""
-        print(f"[generate] the engine of this actor died ({doc.error}); restarting the actor", flush=True)
+        print(f"[generate] the engine of this actor died ({redact(doc.error)}); restarting the actor", flush=True)
         await self._flush()
         os._exit(70)
 

@@ -45,6 +45,7 @@ import pyarrow.dataset as pads
 from core import storage
 from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig, _f
 from core.length import LENGTH_BUCKETS, count_words, detect_language, length_bucket, length_score
+from core.redact import safe_url
 from core.scores import (
     JUDGE_DIMENSIONS,
     dimension_scores,
@@ -303,7 +304,7 @@ def _judge_label(cfg: EvalConfig, ecfg: EngineConfig, engine: Any = None) -> str
     if engine is not None and getattr(engine, "model_name", None):
         return str(engine.model_name)
     jc = judge_engine_config(cfg, ecfg)
-    return jc.model or (jc.endpoint or EMBEDDED_LABEL)
+    return jc.model or (safe_url(jc.endpoint) or EMBEDDED_LABEL)
 
 
 def _run_judge(cfg: EvalConfig, ecfg: EngineConfig, items: list[tuple[str, str]], judge_engine: Any,
@@ -599,7 +600,7 @@ def run_eval(cfg: EvalConfig, ecfg: EngineConfig | None = None, acfg: AgentWrite
         "run_id": run_id,
         "bench": cfg.bench,
         "mode": cfg.mode if not cfg.generations else (sorted({r["mode"] for r in results if r["mode"]}) or [cfg.mode])[0],
-        "model": ", ".join(models) or (ecfg.endpoint or ecfg.model or EMBEDDED_LABEL),
+        "model": ", ".join(models) or (safe_url(ecfg.endpoint) or ecfg.model or EMBEDDED_LABEL),
         "judge_model": judge_label,
         "generations": gen_uri,
         "generations_reused": bool(cfg.generations),

@@ -33,9 +33,11 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from core import credentials, reconcile, run_lock, storage
-from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig
+from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig, check_config
+from core.engines import check_source
 from core.inputs import InputError, read_prompts
 from core.records import DOCUMENT_SCHEMA, SCHEMA_VERSION, Document, documents_to_table
+from core.redact import redact, safe_url
 from ray_jobs import console
 
 
@@ -88,11 +90,10 @@ def run_generate(gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWriteConfi
     scfg = scfg or StorageConfig()
     if not gcfg.input or not gcfg.output:
         raise ValueError("--input and --output are required")
-    if gcfg.mode not in ("agentwrite", "direct"):
-        raise ValueError(f"--mode must be agentwrite or direct, got {gcfg.mode!r}")
-    if gcfg.engines < 1 or gcfg.in_flight < 1 or gcfg.rows_per_file < 1:
-        raise ValueError("--engines, --in-flight and --rows-per-file must be >= 1")
+    for cfg in (gcfg, ecfg, acfg, scfg):  # callers from Python skip the CLI's check
+        check_config(cfg)
     t0 = time.time()
+    check_source(ecfg)  # before Ray starts: an unknown model is a one-line error in seconds
     good, bad = read_prompts(gcfg.input, scfg, max_length=acfg.max_length)
     if gcfg.limit is not None:
         good = good[: gcfg.limit]
@@ -121,7 +122,7 @@ def run_generate(gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWriteConfi
         _drop_stale_state(state, todo)  # the markers go; state of documents that failed stays for their retry
         summary = _summarize(run, run_id, gcfg, ecfg, time.time() - t0, len(good) + len(bad))
         summary["reused"] = plan.reused
-        storage.write_bytes(run.join("_SUCCESS"), json.dumps(summary, indent=1, default=str).encode())
+        storage.write_bytes(run.join("_SUCCESS"), redact(json.dumps(summary, indent=1, default=str)).encode())
         return summary
 
 
@@ -210,7 +211,7 @@ def local_output_problem(uri: str, machines: int, shared: bool) -> str | None:
 def _start_expectation(ecfg: EngineConfig) -> str:
     """The phase line for the engines' start (they start on this machine's cache for local runs)."""
     if ecfg.endpoint:
-        return f"HTTP clients of {ecfg.endpoint}"
+        return f"HTTP clients of {safe_url(ecfg.endpoint)}"
     from core.engines import start_notes
     from core.models import EMBEDDED_NAME, resolve_model
 
@@ -269,7 +270,7 @@ def _summarize(run: storage.Location, run_id: str, gcfg: GenerateConfig, ecfg: E
         "schema_version": SCHEMA_VERSION,
         "input": gcfg.input,
         "mode": gcfg.mode,
-        "model": ecfg.endpoint or ecfg.model or "SmolLM2-135M-Instruct",
+        "model": safe_url(ecfg.endpoint) or ecfg.model or "SmolLM2-135M-Instruct",
         "input_rows": input_rows,
         "documents": len(rows),
         "ok": len(ok),

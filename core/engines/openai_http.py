@@ -18,6 +18,7 @@ import os
 import random
 import time
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
@@ -97,6 +98,18 @@ def openai_body(messages: list[Message] | None, prompt: str | None, sp: Sampling
     return body
 
 
+def _split_credentials(url: str) -> tuple[str, httpx.BasicAuth | None]:
+    """``https://user:pass@host/v1`` -> (``https://host/v1``, basic auth): the URL we keep, log
+    and put in error messages then carries no secret; httpx sends the same Authorization."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    clean = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return clean, httpx.BasicAuth(unquote(user), unquote(password))
+
+
 class OpenAIHTTPEngine:
     """:class:`Engine` for an OpenAI-compatible server at ``base_url`` (``.../v1``).
 
@@ -119,8 +132,8 @@ class OpenAIHTTPEngine:
     ) -> None:
         if json_schema_mode not in ("auto", "on", "off"):
             raise ValueError(f"json_schema_mode must be auto, on or off, not {json_schema_mode!r}")
-        base = base_url.rstrip("/")
-        self.base_url = base if base.endswith("/v1") else base + "/v1"
+        base, self._auth = _split_credentials(base_url.rstrip("/"))
+        self.base_url = base if base.endswith("/v1") else base + "/v1"  # no credentials: it is shown in errors
         self.model_name: str = model or ""
         self.max_model_len: int = max_model_len or DEFAULT_MAX_MODEL_LEN
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
@@ -142,7 +155,7 @@ class OpenAIHTTPEngine:
         if self._client is None or self._loop is not loop or self._client.is_closed:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             timeout = httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))
-            self._client = httpx.AsyncClient(headers=headers, timeout=timeout)
+            self._client = httpx.AsyncClient(headers=headers, timeout=timeout, auth=self._auth)
             self._loop, self._lock = loop, asyncio.Lock()
         return self._client
 
