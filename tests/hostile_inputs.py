@@ -24,8 +24,15 @@ DIR = Path(__file__).parent / "data" / "hostile"
 W = 30  # words per good row
 
 
+TOPICS = ["tea", "rivers", "owls", "salt", "glass", "kites", "moss", "bees", "tides", "maps", "clocks", "bread",
+          "snow", "copper", "ferns", "lamps", "wool", "harbors", "violins", "deserts"]
+
+
 def good(i: str, **extra) -> dict:
-    return {"id": i, "prompt": f"Write a short note about {i.replace('-', ' ')}.", "length": W, **extra}
+    """A row the embedded model writes well: a plain topic (ids like "pq-rich-1" as the topic
+    gave "1. 1.1.1.1..." junk)."""
+    topic = TOPICS[sum(map(ord, i)) % len(TOPICS)]
+    return {"id": i, "prompt": f"Write a short note about {topic}.", "length": W, **extra}
 
 
 def line(obj) -> bytes:

@@ -113,20 +113,57 @@ def test_hostile_folder_through_the_cli(hostile, tmp_path):
     """The real `longwriter generate` over the whole set: exit 1, one row per record, every good row written."""
     out = tmp_path / "out"
     r = lw("generate", "--input", str(hostile), "--output", str(out), "--run-id", "hostile", "--mode", "direct",
-           "--enforce-eager", "--kv-cache-gib", "1", "--resample-tries", "0", "--rows-per-file", "32", timeout=900)
+           "--enforce-eager", "--kv-cache-gib", "1", "--rows-per-file", "32", timeout=900)
     assert r.returncode == 1, r.stderr[-3000:]
     rows = pads.dataset(str(out / "run_id=hostile"), format="parquet").to_table().to_pylist()
     want_failed = _want_failed()
     assert len(rows) == len(EXPECTED["ok"]) + len(EXPECTED["large_ok"]) + len(want_failed)
-    ok = {x["id"]: x for x in rows if x["status"] == "ok"}
-    assert sorted(ok) == sorted(EXPECTED["ok"] + EXPECTED["large_ok"])
+    # Every good row was generated (target_source "row": it passed validation); the embedded
+    # model may still botch one ("the model wrote no words"), which is not an input failure.
+    generated = {x["id"]: x for x in rows if x["target_source"] == "row"}
+    assert sorted(generated) == sorted(EXPECTED["ok"] + EXPECTED["large_ok"])
+    ok = {i: x for i, x in generated.items() if x["status"] == "ok"}
+    assert len(ok) >= 0.9 * len(generated), [(i, x["error"]) for i, x in generated.items() if i not in ok]
     for x in ok.values():
         assert x["text"].strip() and x["word_count"] > 0 and x["target_words"] == 30
         json.loads(x["metadata"])
-    failed = {x["error"].split(": ", 1)[0]: x for x in rows if x["status"] != "ok"}
+    failed = {x["error"].split(": ", 1)[0]: x for x in rows if x["target_source"] != "row"}
     assert set(failed) == set(want_failed)
     for where, fragment in want_failed.items():
         assert fragment in failed[where]["error"]
-    assert json.loads(ok["pq-rich-1"]["metadata"])["price"] == "12.34"
+    assert json.loads(generated["pq-rich-1"]["metadata"])["price"] == "12.34"
     manifest = json.loads((out / "run_id=hostile" / "_SUCCESS").read_text())
-    assert manifest["failed"] == len(want_failed) and manifest["ok"] == len(ok)
+    assert manifest["failed"] == len(rows) - len(ok) and manifest["ok"] == len(ok)
+
+
+@pytest.mark.slow
+def test_endpoint_credential_reaches_no_file_the_job_writes(tmp_path):
+    """A fake credential in --endpoint (nothing listens there, so every document fails and its
+    error quotes the endpoint) appears in no output row, manifest, our log, or Ray's session logs."""
+    import os
+    import tempfile
+    import uuid
+
+    from conftest import free_port
+
+    secret = f"FAKECRED{uuid.uuid4().hex[:12]}"
+    (tmp_path / "p.jsonl").write_text('{"id": "a", "prompt": "Write 30 words on tea."}\n'
+                                      '{"id": "b", "prompt": "Write 30 words on rain."}\n')
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    home = tmp_path / "home"
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "LONGWRITER_HOME": str(home)}
+    endpoint = f"http://user:{secret}@127.0.0.1:{free_port()}/v1?api_key={secret}"
+    r = lw("generate", "--input", str(tmp_path / "p.jsonl"), "--output", str(tmp_path / "out"), "--endpoint", endpoint,
+           "--model", "m", "--doc-retries", "0", env=env, timeout=300)
+    try:
+        assert r.returncode == 1, r.stderr[-2000:]
+        assert secret not in r.stdout + r.stderr
+        rows = pads.dataset(str(tmp_path / "out"), format="parquet").to_table().to_pylist()
+        assert len(rows) == 2 and all(x["status"] == "failed" and "127.0.0.1" in x["error"] for x in rows)
+        written = [p for p in [*(tmp_path / "out").rglob("*"), *home.rglob("*"), *Path(ray_tmp).rglob("*")]
+                   if p.is_file() and not p.is_symlink()]
+        assert any(p.name == "_SUCCESS" for p in written) and any(p.suffix == ".log" for p in written)
+        hits = [str(p) for p in written if secret.encode() in p.read_bytes()]
+        assert not hits, hits
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def rows_of(run_dir: Path) -> list[dict]:
     return pads.dataset(str(run_dir), format="parquet").to_table(
-        columns=["id", "status", "prompt", "target_words", "error"]).to_pylist()
+        columns=["id", "status", "prompt", "target_words", "error", "metadata"]).to_pylist()
 
 
 def test_rerun_retries_fixed_rows_rewrites_edited_ones_and_ignores_path_spelling(tmp_path):
@@ -69,7 +69,9 @@ def test_rerun_retries_fixed_rows_rewrites_edited_ones_and_ignores_path_spelling
     runs = list(out.glob("run_id=*"))
     assert len(runs) == 1 and not (runs[0] / "_LOCK").exists()
     first = {r["id"]: r for r in rows_of(runs[0])}
-    assert first["n1"]["status"] == "failed" and "length" in first["n1"]["error"]
+    failed = [r for r in first.values() if r["status"] == "failed"]  # a rejected row's id is bad-<digest> ...
+    assert len(failed) == 1 and "length" in failed[0]["error"] and failed[0]["id"].startswith("bad-")
+    assert json.loads(failed[0]["metadata"])["id"] == "n1"  # ... and its own fields stay in its metadata
     assert first["a"]["status"] == first["b"]["status"] == first["long"]["status"] == "ok"
     full_before = {r["id"]: r for r in pads.dataset(str(runs[0]), format="parquet").to_table().to_pylist()}
 
