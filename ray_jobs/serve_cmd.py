@@ -6,6 +6,18 @@
 
 Flags override the config file's ``args`` (and its ``http_options`` host/port). Connects to
 the Ray cluster in $RAY_ADDRESS when set, else starts a local one.
+
+Fails closed:
+  API key   resolved here, where this command runs: --api-key, else $LONGWRITER_API_KEY (or the
+            variable serve.api_key_env names), and handed to the app by value, also on a
+            cluster in $RAY_ADDRESS whose nodes lack the variable. Clients send
+            'Authorization: Bearer KEY' on every route but /health, /ready and the playground.
+            Listening beyond loopback (--host 0.0.0.0) without a key is refused before Ray
+            starts, unless --insecure-no-key.
+  CORS      closed: no Access-Control-Allow-Origin for any origin unless --cors-origin lists it.
+  limits    bodies over --max-body-bytes get 413; more than --max-documents-in-flight documents
+            per ingress replica on /v1/longwrite get 429 + Retry-After.
+  errors    every 5xx answer is one generic line; details go to the server log, redacted.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ import time
 from typing import Any, Iterator
 
 from core.config import AgentWriteConfig, EngineConfig, ServeConfig
+from core.redact import redact
 from ray_jobs import console
 
 
@@ -32,7 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Serve config YAML (serve/config.yaml format: applications[0].args has serve/engine/agentwrite)")
     p.add_argument("--dashboard-port", type=int, default=8265, help="Ray dashboard port when a local Ray is started")
     p.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for the first replica")
-    add_config_flags(p, ServeConfig)
+    add_config_flags(p, ServeConfig, skip=("cors_origins",))
+    p.add_argument("--cors-origin", dest="cors_origins", action="append", default=None, metavar="ORIGIN",
+                   help="an origin browsers may call the API from, e.g. https://app.example.com; repeat for more "
+                        "(replaces serve.cors_origins of --config; default: none, CORS closed)")
     add_config_flags(p, EngineConfig, skip=("endpoint", "api_key"))
     add_config_flags(p, AgentWriteConfig)
     p.set_defaults(func=run)
@@ -56,12 +72,9 @@ def app_args_from_file(path: str | None) -> tuple[dict[str, Any], dict[str, Any]
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    import httpx
-    import ray
-    from ray import serve
-
     from ray_jobs.cli import build_config
-    from serve.app import SECTIONS, app_builder, configs_from_args
+    from serve.app import SECTIONS, app_builder, configs_from_args, resolve_api_key
+    from serve.middleware import is_loopback, listen_refusal
 
     file_args, http = app_args_from_file(args.config)
     configs_from_args(file_args)  # a bad file fails here, with its own message
@@ -71,19 +84,34 @@ def run(args: argparse.Namespace) -> int:
     configs = {name: build_config(cls, args, file_args.get(name)) for name, cls in SECTIONS.items()}
     # --api-key is the app's key (ServeConfig); the engine's own api_key is for --endpoint clients.
     configs["engine"] = dataclasses.replace(configs["engine"], api_key=None)
-    merged = {name: dataclasses.asdict(cfg) for name, cfg in configs.items()}
     scfg = configs["serve"]
     if not 0 < scfg.port < 65536:
         raise ValueError(f"--port must be 1..65535, got {scfg.port}")
+    # The key is resolved here, not on the cluster, and goes to the app by value (api_key_env
+    # cleared, so nothing reads another environment); the check comes before Ray starts.
+    api_key = resolve_api_key(scfg)
+    refusal = listen_refusal(scfg.host, api_key, scfg.insecure_no_key, scfg.api_key_env)
+    if refusal:
+        raise ValueError(refusal)
+    configs["serve"] = dataclasses.replace(scfg, api_key=api_key, api_key_env=None)
+    merged = {name: dataclasses.asdict(cfg) for name, cfg in configs.items()}
+    secrets = (api_key,) if api_key else ()
+    if not api_key and not is_loopback(scfg.host):
+        print(f"[serve] WARNING: no API key (--insecure-no-key): anyone who can reach {scfg.host}:{scfg.port} "
+              "can use the API", file=console.stream(), flush=True)
+
+    import httpx
+    import ray
+    from ray import serve
 
     address = os.environ.get("RAY_ADDRESS")
     ray.init(address=address, log_to_driver=console.worker_logs_to_driver(), **({} if address else {"dashboard_port": args.dashboard_port}),
              runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}})
     serve.start(http_options={"host": scfg.host, "port": scfg.port})
     app = app_builder(merged)
-    print(f"[serve] deploying {merged.get('engine', {}).get('model') or 'the embedded model'} "
-          f"({scfg.min_replicas}-{scfg.max_replicas} replicas); engines take a minute or two to start ...",
-          file=console.stream())
+    model = merged.get("engine", {}).get("model") or "the embedded model"
+    print(redact(f"[serve] deploying {model} ({scfg.min_replicas}-{scfg.max_replicas} replicas); "
+                 "engines take a minute or two to start ...", secrets), file=console.stream())
     serve.run(app, name="longwriter", route_prefix="/", blocking=False)
     host = "127.0.0.1" if scfg.host in ("0.0.0.0", "::") else scfg.host
     url = f"http://{host}:{scfg.port}"
@@ -99,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise RuntimeError(f"the app did not become ready within {args.ready_timeout:.0f} s (see `serve status`)")
     print(f"[serve] ready: {url}/  (playground)  {url}/v1  (OpenAI API)  {url}/v1/longwrite  (long form)"
-          + ("  [API key required]" if (scfg.api_key or os.environ.get("LONGWRITER_API_KEY")) else ""),
-          file=console.stream(), flush=True)
+          + ("  [API key required]" if api_key else "  [no API key: loopback only]" if is_loopback(scfg.host)
+             else "  [NO API KEY]"), file=console.stream(), flush=True)
     stop = {"now": False}
 
     def _stop(*_: Any) -> None:
@@ -118,14 +146,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all held open at once while chosen)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 @contextlib.contextmanager
 def launched(config: dict[str, Any], *, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-             ready_timeout: float = 600.0) -> Iterator[dict[str, Any]]:
+             ready_timeout: float = 600.0, cluster_env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
     """`longwriter serve` in a child process with its own Ray (for tests and benchmarks).
 
     ``config`` is a Serve config (serve/config.yaml's format). The child gets a short private
     RAY_TMPDIR (Ray's socket paths must stay under 108 bytes) so it never joins another
-    cluster, and everything it started is killed on exit. Yields base_url, log and tmp.
+    cluster, and everything it started is killed on exit. ``env`` is added to the child's
+    environment only. With ``cluster_env`` (a dict, may be empty) a Ray head is started first
+    (`ray start --head` on 127.0.0.1, private ports and temp dir, this environment plus
+    ``cluster_env`` but never $LONGWRITER_API_KEY) and the child joins it through
+    RAY_ADDRESS, as against an existing cluster. Yields base_url, log, tmp and, with a head,
+    address and dashboard.
     """
     import subprocess
     import tempfile
@@ -136,28 +183,59 @@ def launched(config: dict[str, Any], *, extra_args: tuple[str, ...] = (), env: d
     tmp = Path(tempfile.mkdtemp(prefix="lws", dir="/tmp"))
     (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
     log_path = tmp / "serve.log"
+    secrets = tuple(v for k, v in (env or {}).items() if "KEY" in k.upper() and v)
     child_env = {**os.environ, **(env or {}), "RAY_TMPDIR": str(tmp)}
     child_env.pop("RAY_ADDRESS", None)
     root = Path(__file__).resolve().parents[1]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.cli", "serve", "--config", str(tmp / "serve.yaml"),
-                                 *extra_args], cwd=root, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            deadline = time.time() + ready_timeout
-            while "[serve] ready" not in log_path.read_text():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"longwriter serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-                if time.time() > deadline:
-                    raise RuntimeError(f"not ready in {ready_timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(2)
-            http = config.get("http_options") or {}
-            yield {"base_url": f"http://127.0.0.1:{http.get('port', 8000)}", "log": log_path, "tmp": tmp}
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+    head, info = None, {}
+    procs: list[subprocess.Popen] = []
+    try:
+        if cluster_env is not None:
+            head_env = {**os.environ, **cluster_env, "RAY_TMPDIR": str(tmp)}
+            for k in ("RAY_ADDRESS", "LONGWRITER_API_KEY"):
+                head_env.pop(k, None)
+            flags = ("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                     "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port")
+            gcs, dash, *rest = _free_ports(2 + len(flags))
+            ports = dict(zip(flags, rest))
+            head_log = tmp / "head.log"
+            with open(head_log, "w") as hlog:
+                head = subprocess.Popen(
+                    [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={gcs}",
+                     "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                     *(f"--{k}={v}" for k, v in ports.items()), f"--temp-dir={tmp}", "--disable-usage-stats"],
+                    cwd=root, env=head_env, stdout=hlog, stderr=subprocess.STDOUT, start_new_session=True)
+            procs.append(head)
+            deadline = time.time() + 180
+            while "Ray runtime started" not in head_log.read_text():
+                if head.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ray start --head failed:\n{head_log.read_text()[-3000:]}")
+                time.sleep(1)
+            info = {"address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}"}
+            child_env["RAY_ADDRESS"] = info["address"]
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.cli", "serve", "--config",
+                                     str(tmp / "serve.yaml"), *extra_args], cwd=root, env=child_env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        procs.insert(0, proc)  # stopped first: it shuts Serve down on the head
+        deadline = time.time() + ready_timeout
+        while "[serve] ready" not in log_path.read_text():
+            if proc.poll() is not None:
+                raise RuntimeError(redact(f"longwriter serve exited with {proc.returncode}:\n"
+                                          f"{log_path.read_text()[-3000:]}", secrets))
+            if time.time() > deadline:
+                raise RuntimeError(redact(f"not ready in {ready_timeout:.0f} s:\n{log_path.read_text()[-3000:]}",
+                                          secrets))
+            time.sleep(2)
+        http = config.get("http_options") or {}
+        yield {"base_url": f"http://127.0.0.1:{http.get('port', 8000)}", "log": log_path, "tmp": tmp, **info}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
                 try:
-                    proc.wait(timeout=60)
+                    p.wait(timeout=60)
                 except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-            subprocess.run(["pkill", "-9", "-f", str(tmp)], capture_output=True)
+                    os.killpg(p.pid, signal.SIGKILL)
+        # Whatever Ray started for this run has its private temp dir on its command line.
+        subprocess.run(["pkill", "-9", "-f", str(tmp)], capture_output=True)

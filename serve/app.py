@@ -4,10 +4,19 @@ Graph: ``LongWriteIngress`` (HTTP: OpenAI routes, /v1/longwrite, /health, /ready
 ``LLMServer`` (ray.serve.llm: one vLLM engine per replica, autoscaled on ongoing requests).
 ``app_builder(args)`` takes the same sections as the CLI's YAML: ``serve`` (ServeConfig),
 ``engine`` (EngineConfig), ``agentwrite`` (AgentWriteConfig).
+
+The API key is resolved where the app is built (:func:`resolve_api_key`: ``serve.api_key``,
+else the variable ``serve.api_key_env`` names) and handed to the ingress by value; with
+``serve run`` / ``serve deploy`` that is the build task Serve starts on the cluster (any node,
+so the variable must be set on the nodes, e.g. from a required k8s Secret), with
+``longwriter serve`` it is the CLI process. Building refuses an app that would listen beyond
+loopback without a key unless ``serve.insecure_no_key`` is set.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from typing import Any
 
 from core.config import AgentWriteConfig, EngineConfig, ServeConfig, update_config
@@ -28,6 +37,32 @@ def configs_from_args(args: dict[str, Any] | None) -> tuple[ServeConfig, EngineC
             raise ValueError(f"app arg section '{name}' must be a mapping, got {type(values).__name__}")
         out.append(update_config(cls(), values))
     return out[0], out[1], out[2]
+
+
+def resolve_api_key(cfg: ServeConfig) -> str | None:
+    """``cfg.api_key``, else the environment variable ``cfg.api_key_env`` names (here), else None."""
+    if cfg.api_key:
+        return cfg.api_key
+    return (os.environ.get(cfg.api_key_env) or None) if cfg.api_key_env else None
+
+
+def serve_http_host() -> str:
+    """The host the Serve proxies listen on: the running Serve instance's, else Serve's default
+    (127.0.0.1, which ``serve.run`` starts with when no Serve is running)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            from ray.serve.context import _get_global_client
+
+            client = _get_global_client(raise_if_no_controller_running=False)
+            if client is not None:
+                return str(client.http_config.host)
+    except Exception:  # noqa: BLE001 - no Serve instance to ask: Serve's default applies
+        pass
+    from ray.serve.config import HTTPOptions
+
+    return str(HTTPOptions().host)
 
 
 def resolve_device(cfg: ServeConfig) -> str:
@@ -101,8 +136,15 @@ def app_builder(args: dict[str, Any] | None = None) -> Any:
 
     from core.models import EMBEDDED_NAME, resolve_model
     from serve.ingress import LongWriteIngress, endpoint_map, fastapi_app
+    from serve.middleware import Secret, listen_refusal
 
     scfg, ecfg, acfg = configs_from_args(args)
+    api_key = resolve_api_key(scfg)
+    refusal = listen_refusal(serve_http_host(), api_key, scfg.insecure_no_key, scfg.api_key_env)
+    if refusal:
+        raise ValueError(refusal)
+    # The key goes to the ingress as its own (masked) argument; no config object carries it.
+    scfg = dataclasses.replace(scfg, api_key=None, api_key_env=None)
     if ecfg.endpoint:
         raise ValueError("engine.endpoint is for clients; the Serve app hosts its own vLLM replicas")
     device = resolve_device(scfg)
@@ -116,10 +158,10 @@ def app_builder(args: dict[str, Any] | None = None) -> Any:
                            backpressure_config={"status_code": 503, "retry_after_s": scfg.retry_after_s})
     if device == "cpu":  # async I/O and tokenizing only; leave the cores to the engine replicas
         ingress_options["ray_actor_options"] = {**ingress_options.get("ray_actor_options", {}), "num_cpus": 0}
-    ingress_cls = make_fastapi_ingress(LongWriteIngress, endpoint_map=endpoint_map(), app=fastapi_app())
+    ingress_cls = make_fastapi_ingress(LongWriteIngress, endpoint_map=endpoint_map(), app=fastapi_app(scfg))
     return serve.deployment(ingress_cls, name="LongWriteIngress").options(**ingress_options).bind(
         llm_deployments={model_id: server},
         model_cards={model_id: to_model_metadata(model_id, llm_config)},
         serve_cfg=scfg, agentwrite_cfg=acfg, tokenizer_path=model_path,
-        max_model_len=ecfg.max_model_len, device=device,
+        max_model_len=ecfg.max_model_len, device=device, api_key=Secret(api_key),
     )

@@ -1,14 +1,20 @@
-"""The Serve app end to end: `longwriter serve` in its own process (its own Ray), real vLLM (CPU).
+"""The Serve app end to end: `longwriter serve` joining a Ray cluster it did not start, real vLLM (CPU).
 
-One app serves every test in this module (starting engines is the slow part). Its config is
-a Serve config file like serve/config.yaml, tuned so that autoscaling and overload show within
-a minute on two cores: 1-2 replicas, target 2 ongoing requests, 4 ongoing + 4 queued at most.
+One app serves every test in this module (starting engines is the slow part). The fixture
+starts a Ray head (`ray start --head`, private ports and temp dir, no $LONGWRITER_API_KEY in
+its environment), then `longwriter serve` with RAY_ADDRESS pointing at it and the key only in
+the CLI's environment: every key test below proves the CLI hands the key to the app itself.
+Its config is a Serve config file like serve/config.yaml, tuned so that autoscaling and
+overload show within a minute on two cores: 1-2 replicas, target 2 ongoing requests, 4 ongoing
++ 4 queued at most; and small fail-closed limits: 2 documents in flight, 256 KiB bodies, one
+CORS origin.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +27,9 @@ from core.length import count_words
 KEY = "test-key-123"
 MODEL = "SmolLM2-135M-Instruct"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+ALLOWED_ORIGIN = "http://allowed.example"
+MAX_BODY = 256 * 1024
+DOCS_CAP = 2
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +42,9 @@ def serve_config(port: int) -> dict:
             "args": {
                 "serve": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
                           "max_ongoing_requests": 4, "max_queued_requests": 4, "retry_after_s": 3,
-                          "upscale_delay_s": 2, "downscale_delay_s": 6, "metrics_interval_s": 1},
+                          "upscale_delay_s": 2, "downscale_delay_s": 6, "metrics_interval_s": 1,
+                          "cors_origins": [ALLOWED_ORIGIN], "max_body_bytes": MAX_BODY,
+                          "max_documents_in_flight": DOCS_CAP},
                 "engine": {"enforce_eager": True, "kv_cache_gib": 1, "max_num_seqs": 16},
             },
         }],
@@ -44,11 +55,13 @@ def serve_config(port: int) -> dict:
 def app():
     from ray_jobs.serve_cmd import launched
 
-    port, dash = free_port(), free_port()
-    env = {"LONGWRITER_API_KEY": KEY,
-           "RAY_AUTH_MODE": "disabled"}  # lets the test read replica counts from the dashboard API
-    with launched(serve_config(port), extra_args=("--dashboard-port", str(dash)), env=env, ready_timeout=420) as srv:
-        yield {"base": srv["base_url"], "dashboard": f"http://127.0.0.1:{dash}", "log": srv["log"]}
+    port = free_port()
+    no_auth = {"RAY_AUTH_MODE": "disabled"}  # lets the test read replica counts from the dashboard API
+    # The key only in the CLI's environment; the head (where every replica runs) never has it.
+    with launched(serve_config(port), env={"LONGWRITER_API_KEY": KEY, **no_auth}, cluster_env=no_auth,
+                  ready_timeout=480) as srv:
+        assert "[API key required]" in srv["log"].read_text()
+        yield {"base": srv["base_url"], "dashboard": srv["dashboard"], "log": srv["log"], "tmp": srv["tmp"]}
 
 
 def llm_replicas(app) -> int:
@@ -96,6 +109,9 @@ def test_api_key_required_except_health_readiness_and_playground(app):
         assert "API key" in r.json()["error"]["message"]
         r = httpx.request(method, base + path, json={}, timeout=30, headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401
+    # A preflight-looking OPTIONS is no way around the key (no CORS layer answers a foreign origin).
+    r = httpx.options(base + "/v1/models", timeout=30, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 401 and "access-control-allow-origin" not in r.headers
     assert httpx.get(base + "/health", timeout=30).json() == {"status": "ok"}
     page = httpx.get(base + "/", timeout=30)
     assert page.status_code == 200 and MODEL in page.text and "v1/longwrite" in page.text
@@ -124,6 +140,48 @@ def test_bad_chat_body_is_400_without_a_stack_trace(app):
     r = httpx.post(app["base"] + "/v1/longwrite", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"},
                    timeout=30)
     assert r.status_code == 400 and "Traceback" not in r.text
+
+
+def test_cors_closed_to_foreign_origins_open_to_the_allow_list(app):
+    pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    r = httpx.options(app["base"] + "/v1/chat/completions", timeout=30, headers={**pre, "Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in r.headers and r.status_code >= 400
+    r = httpx.get(app["base"] + "/v1/models", timeout=30, headers={**AUTH, "Origin": "http://evil.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    assert "access-control-allow-credentials" not in r.headers
+    r = httpx.options(app["base"] + "/v1/chat/completions", timeout=30, headers={**pre, "Origin": ALLOWED_ORIGIN})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    r = httpx.get(app["base"] + "/v1/models", timeout=30, headers={**AUTH, "Origin": ALLOWED_ORIGIN})
+    assert r.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert httpx.get(app["base"] + "/v1/models", timeout=30, headers={"Origin": ALLOWED_ORIGIN}).status_code == 401
+
+
+def test_body_over_the_limit_is_413(app):
+    big = json.dumps({"instruction": "x" * (MAX_BODY + 10)}).encode()
+    r = httpx.post(app["base"] + "/v1/longwrite", content=big, timeout=60,
+                   headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
+
+    def chunks():  # no Content-Length: the limit counts the streamed bytes
+        for _ in range(8):
+            yield b" " * (MAX_BODY // 4)
+
+    r = httpx.post(app["base"] + "/v1/chat/completions", content=chunks(), timeout=60,
+                   headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == 413
+
+
+def test_internal_error_is_one_generic_line(app):
+    """A LoRA-style model id ("base:adapter") makes ray.serve.llm's handle load an adapter this
+    app has no LoRA config for: the engine call raises inside the inherited chat route."""
+    r = httpx.post(app["base"] + "/v1/chat/completions", headers=AUTH, timeout=120,
+                   json={"model": f"{MODEL}:no-such-adapter", "max_tokens": 4,
+                         "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 500, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "code"} and err["code"] == 500 and err["type"] == "internal_error"
+    assert err["message"].startswith("internal server error") and "\n" not in err["message"]
+    assert "exception" not in r.text.lower() and "Traceback" not in r.text and "lora" not in r.text.lower()
 
 
 # ------------------------------------------------------------------ /v1/longwrite
@@ -159,6 +217,30 @@ def test_longwrite_without_stream_returns_the_record(app):
     r = httpx.post(app["base"] + "/v1/longwrite", headers=AUTH, timeout=60,
                    json={"instruction": "Write about snow.", "model": "gpt-9"})
     assert r.status_code == 404 and "gpt-9" in r.json()["error"]["message"]
+
+
+def test_documents_past_the_in_flight_cap_get_429(app):
+    """DOCS_CAP documents at once per ingress replica; the extra ones get 429 + Retry-After at once."""
+
+    async def scenario() -> list[tuple[float, httpx.Response]]:
+        async with httpx.AsyncClient(base_url=app["base"], headers=AUTH, timeout=600) as client:
+            async def one() -> tuple[float, httpx.Response]:
+                t0 = time.time()
+                r = await client.post("/v1/longwrite", json={"instruction": "Write about harbours.",
+                                                             "length": 300, "mode": "direct"})
+                return time.time() - t0, r
+
+            return await asyncio.gather(*[one() for _ in range(DOCS_CAP + 1)])
+
+    results = asyncio.run(scenario())
+    codes = sorted(r.status_code for _, r in results)
+    assert codes == [200] * DOCS_CAP + [429], [(r.status_code, r.text[:200]) for _, r in results]
+    (took, refused), = [(t, r) for t, r in results if r.status_code == 429]
+    assert int(refused.headers["retry-after"]) == 3 and took < 20  # refused before any engine work
+    assert refused.json()["error"]["type"] == "rate_limit_exceeded" and refused.json()["error"]["code"] == 429
+    r = httpx.post(app["base"] + "/v1/longwrite", headers=AUTH, timeout=600,  # the slots came back
+                   json={"instruction": "Write about snow.", "length": 60, "mode": "direct"})
+    assert r.status_code == 200
 
 
 def test_generation_job_client_against_the_app(app, run_on_engine):
@@ -258,10 +340,19 @@ def test_load_scales_out_sheds_overload_and_scales_back(app):
     assert all(r.status_code in (200, 503) for r in burst)
     assert all(int(r.headers["retry-after"]) >= 1 for r in shed)
     assert "backpressure" in shed[0].text.lower() and "Traceback" not in shed[0].text
+    assert all("exception" not in r.text.lower() for r in shed)  # one generic line, no details
     assert "scaled_in_s" in seen, "did not scale back to 1 replica after the load"
     r = httpx.post(app["base"] + "/v1/chat/completions", headers=AUTH, timeout=120,
                    json={"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})
     assert r.status_code == 200  # no replica crashed
+
+
+def test_key_in_no_log_file(app):
+    """The key went to the app by value: no Ray log (driver, controller, replicas) or CLI line has it."""
+    assert KEY not in app["log"].read_text()
+    assert list(app["tmp"].glob("session_*/logs/serve/replica_*LongWriteIngress*.log"))  # the logs are there
+    hits = subprocess.run(["grep", "-rlaF", KEY, str(app["tmp"])], capture_output=True, text=True).stdout.split()
+    assert not [h for h in hits if not h.endswith(".yaml")], hits
 
 
 def test_repo_serve_config_builds_the_app():
