@@ -52,6 +52,18 @@ def build_config(cls: type, args: argparse.Namespace, yaml_values: dict[str, Any
     return check_config(dataclasses.replace(cfg, **given))
 
 
+def add_sections(p: argparse.ArgumentParser, sections: dict[str, type]) -> None:
+    """Flags for each config of a job; ``sections`` maps YAML section name -> config class."""
+    for cls in sections.values():
+        add_config_flags(p, cls)
+
+
+def build_sections(args: argparse.Namespace, sections: dict[str, type]) -> list[Any]:
+    """Each section's config, from defaults, the ``--config`` YAML section of that name, then flags."""
+    y = load_yaml(getattr(args, "config", None))
+    return [build_config(cls, args, y.get(name)) for name, cls in sections.items()]
+
+
 def load_yaml(path: str | None) -> dict[str, Any]:
     if not path:
         return {}

@@ -80,17 +80,17 @@ class EvalConfig:
 
 # ---------------------------------------------------------------- CLI
 
+# YAML section -> config, in run_eval's argument order.
+SECTIONS = {"eval": EvalConfig, "engine": EngineConfig, "agentwrite": AgentWriteConfig, "storage": StorageConfig}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ray_jobs.cli import add_config_flags
+    from ray_jobs.cli import add_config_flags, add_sections
 
     p = sub.add_parser("eval", help="LongBench-Write evaluation: generate (Ray), judge, score, report",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML with eval:, engine:, agentwrite:, storage: sections")
-    add_config_flags(p, EvalConfig)
-    add_config_flags(p, EngineConfig)
-    add_config_flags(p, AgentWriteConfig)
-    add_config_flags(p, StorageConfig)
+    add_sections(p, SECTIONS)
     p.set_defaults(func=run)
 
     c = sub.add_parser("eval-compare", help="side-by-side Markdown table of two evaluations",
@@ -103,14 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ray_jobs.cli import build_config, load_yaml
+    from ray_jobs.cli import build_sections
 
-    y = load_yaml(args.config)
-    cfg = build_config(EvalConfig, args, y.get("eval"))
-    ecfg = build_config(EngineConfig, args, y.get("engine"))
-    acfg = build_config(AgentWriteConfig, args, y.get("agentwrite"))
-    scfg = build_config(StorageConfig, args, y.get("storage"))
-    s = run_eval(cfg, ecfg, acfg, scfg)
+    s = run_eval(*build_sections(args, SECTIONS))
     o = s["overall"]
     print(f"S_l {_num(o['S_l'])}  S_q {_num(o['S_q'])}  S {_num(o['S'])}  over {o['n']} prompts "
           f"({s['counts']['judge_dropped']} judgments dropped, {s['counts']['failed']} failed, "

@@ -40,6 +40,10 @@ from core.records import DOCUMENT_SCHEMA, SCHEMA_VERSION, Document, documents_to
 from core.redact import redact, safe_url
 from ray_jobs import console
 
+# YAML section -> config, in run_generate's argument order.
+SECTIONS = {"generate": GenerateConfig, "engine": EngineConfig, "agentwrite": AgentWriteConfig,
+            "storage": StorageConfig}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="bulk AgentWrite generation on Ray Data -> Parquet",
@@ -49,23 +53,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
-    from ray_jobs.cli import add_config_flags
+    from ray_jobs.cli import add_sections
 
     p.add_argument("--config", default=None, help="YAML with generate:, engine:, agentwrite:, storage: sections")
-    add_config_flags(p, GenerateConfig)
-    add_config_flags(p, EngineConfig)
-    add_config_flags(p, AgentWriteConfig)
-    add_config_flags(p, StorageConfig)
+    add_sections(p, SECTIONS)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ray_jobs.cli import build_config, load_yaml
+    from ray_jobs.cli import build_sections
 
-    y = load_yaml(args.config)
-    gcfg = build_config(GenerateConfig, args, y.get("generate"))
-    ecfg = build_config(EngineConfig, args, y.get("engine"))
-    acfg = build_config(AgentWriteConfig, args, y.get("agentwrite"))
-    scfg = build_config(StorageConfig, args, y.get("storage"))
+    gcfg, ecfg, acfg, scfg = build_sections(args, SECTIONS)
     summary = run_generate(gcfg, ecfg, acfg, scfg)
     print_summary(summary)
     print_excerpt(summary, scfg, embedded=not (ecfg.model or ecfg.endpoint))

@@ -54,28 +54,24 @@ PAIRS_SCHEMA = pa.schema(
     metadata={"longwriter.pairs_schema_version": PAIRS_SCHEMA_VERSION},
 )
 
+# YAML section -> config, in run_make_pairs's argument order.
+SECTIONS = {"pairs": PairsConfig, "engine": EngineConfig, "agentwrite": AgentWriteConfig, "storage": StorageConfig}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ray_jobs.cli import add_config_flags
+    from ray_jobs.cli import add_sections
 
     p = sub.add_parser("make-pairs", help="preference pairs for DPO: k samples per prompt, best vs worst by length score",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML with pairs:, engine:, agentwrite:, storage: sections")
-    add_config_flags(p, PairsConfig)
-    add_config_flags(p, EngineConfig)
-    add_config_flags(p, AgentWriteConfig)
-    add_config_flags(p, StorageConfig)
+    add_sections(p, SECTIONS)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ray_jobs.cli import build_config, load_yaml
+    from ray_jobs.cli import build_sections
 
-    y = load_yaml(args.config)
-    pcfg = build_config(PairsConfig, args, y.get("pairs"))
-    ecfg = build_config(EngineConfig, args, y.get("engine"))
-    acfg = build_config(AgentWriteConfig, args, y.get("agentwrite"))
-    scfg = build_config(StorageConfig, args, y.get("storage"))
+    pcfg, ecfg, acfg, scfg = build_sections(args, SECTIONS)
     s = run_make_pairs(pcfg, ecfg, acfg, scfg)
     print(f"pairs {s['pairs']} from {s['prompts']} prompts x {pcfg.samples} samples "
           f"(skipped: {s['skipped_few_samples']} with < 2 usable samples, {s['skipped_small_margin']} under "
