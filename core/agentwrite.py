@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -31,213 +29,13 @@ from typing import Any, Callable
 from core import prompts
 from core.config import AgentWriteConfig
 from core.engines.base import Engine, EngineError, GenResult, Message, SamplingSpec
-from core.length import count_words, detect_language, parse_target_length
+from core.plan import (DocumentError, fallback_plan, parse_plan, plan_schema, reconcile_plan, resolve_target,
+                        section_count_range)
 from core.records import CallStat, Document, Section
-from core.scores import repeated_4gram_share
+from core.text import LOOP_RATIO, clean_section, count_words, detect_language, repeated_4gram_share, trim_to_sentence
 
 DEFAULT_TOKENS_PER_WORD = {"en": 1.4, "zh": 1.6}
 EventFn = Callable[[str, Document], Any]
-
-
-class DocumentError(RuntimeError):
-    """This document cannot be written (bad input or an unusable plan); one-line reason."""
-
-
-# ---------------------------------------------------------------- target and plan
-
-
-def resolve_target(length: int | None, instruction: str, cfg: AgentWriteConfig) -> tuple[int, str]:
-    """(target words, where it came from): the row, the instruction text, or the default."""
-    if length is not None:
-        return int(length), "row"
-    parsed = parse_target_length(instruction)
-    if parsed:
-        return parsed, "instruction"
-    return cfg.default_length, "default"
-
-
-def section_count_range(target: int, cfg: AgentWriteConfig) -> tuple[int, int]:
-    """Fewest and most sections for a target (300 words: 1-2; 600: 2-3; 10,000 words: 15-30).
-
-    Past two minimum-size sections the plan must have at least two: a one-section plan is
-    direct writing with extra steps, and small models like to collapse plans to one entry.
-    """
-    n_min = max(1, math.ceil(target / cfg.max_section_words))
-    if target > 2 * cfg.min_section_words:
-        n_min = max(n_min, 2)
-    n_max = min(cfg.max_sections, max(n_min, math.ceil(target / (0.6 * cfg.words_per_section))))
-    return min(n_min, n_max), n_max
-
-
-def plan_schema(n_min: int, n_max: int, target: int) -> dict[str, Any]:
-    item = {
-        "type": "object",
-        "properties": {
-            "point": {"type": "string", "minLength": 3, "maxLength": 160},
-            "words": {"type": "integer", "minimum": 10, "maximum": max(20, target)},
-        },
-        "required": ["point", "words"],
-        "additionalProperties": False,
-    }
-    return {
-        "type": "object",
-        "properties": {"sections": {"type": "array", "minItems": n_min, "maxItems": n_max, "items": item}},
-        "required": ["sections"],
-        "additionalProperties": False,
-    }
-
-
-def parse_plan(text: str) -> list[dict[str, Any]]:
-    """Entries of a plan answer; DocumentError if it is not a usable JSON plan."""
-    m = re.search(r"\{.*\}", text, re.S)
-    try:
-        data = json.loads(m.group(0) if m else text)
-    except (json.JSONDecodeError, AttributeError):
-        raise DocumentError("plan is not valid JSON") from None
-    entries = data.get("sections") if isinstance(data, dict) else data
-    if not isinstance(entries, list):
-        raise DocumentError("plan JSON has no 'sections' list")
-    out = []
-    for e in entries:
-        if not isinstance(e, dict):
-            continue
-        point = " ".join(str(e.get("point", "")).split())
-        try:
-            words = int(e.get("words", 0))
-        except (TypeError, ValueError, OverflowError):
-            words = 0
-        if _meaningful(point):
-            out.append({"point": point, "words": words})
-    if not out:
-        raise DocumentError("plan has no usable sections")
-    return out
-
-
-def _meaningful(point: str) -> bool:
-    """A point that says something: 3+ letters, or 2+ CJK characters ("引言"); not "123" or "1},{"."""
-    cjk = sum("\u3400" <= ch <= "\u9fff" for ch in point)
-    return cjk >= 2 or sum(ch.isalpha() for ch in point) >= 3
-
-
-def fallback_plan(target: int, lang: str, cfg: AgentWriteConfig) -> list[dict[str, Any]]:
-    """Even budgets with generic points, for when the model cannot plan (small models in Chinese).
-
-    The section prompts still carry the instruction, so the text stays on topic; the record's
-    plan shows the generic points, so such documents are easy to find.
-    """
-    n_min, n_max = section_count_range(target, cfg)
-    n = min(max(round(target / cfg.words_per_section), n_min), n_max)
-    first, middle, last = prompts.FALLBACK_POINTS[lang]
-    points = [first if k == 0 else last if k == n - 1 else middle for k in range(n)] if n > 1 else [middle]
-    return reconcile_plan([{"point": p, "words": 1} for p in points], target, cfg)
-
-
-def reconcile_plan(entries: list[dict[str, Any]], target: int, cfg: AgentWriteConfig) -> list[dict[str, Any]]:
-    """Fix the section count and budgets: within the count range, summing exactly to target.
-
-    The model's budgets are kept as relative weights (a small model's numbers are often
-    arbitrary), clamped so no section is tiny or huge; too many sections are merged, too few
-    split.
-    """
-    if not entries:
-        raise DocumentError("plan has no usable sections")
-    n_min, n_max = section_count_range(target, cfg)
-    valid = [e["words"] for e in entries if e["words"] > 0]
-    fill = sum(valid) / len(valid) if valid else 1.0
-    items = [[e["point"], float(e["words"]) if e["words"] > 0 else fill] for e in entries]
-    while len(items) > n_max:  # merge the adjacent pair with the smallest joint weight
-        i = min(range(len(items) - 1), key=lambda j: items[j][1] + items[j + 1][1])
-        items[i : i + 2] = [[f"{items[i][0]}; {items[i + 1][0]}", items[i][1] + items[i + 1][1]]]
-    while len(items) < n_min:  # split the heaviest section into two halves
-        i = max(range(len(items)), key=lambda j: items[j][1])
-        point, w = items[i]
-        items[i : i + 1] = [[point, w / 2], [f"{point} (continued)", w / 2]]
-    n = len(items)
-    lo = min(cfg.min_section_words, target / n)
-    hi = max(cfg.max_section_words, target / n)
-    # Blend toward uniform: keeps the model's emphasis but not its extremes.
-    total = sum(w for _, w in items)
-    weights = [0.5 * w / total + 0.5 / n for _, w in items]
-    budgets = _apportion(weights, target, lo, hi)
-    return [{"point": p, "words": b} for (p, _), b in zip(items, budgets)]
-
-
-def _apportion(weights: list[float], total: int, lo: float, hi: float) -> list[int]:
-    """Integers proportional to weights, each in [lo, hi], summing exactly to total."""
-    # Water-filling: find the scale s with sum(clamp(s * w, lo, hi)) == total by bisection
-    # (that sum is continuous and non-decreasing in s; lo * n <= total <= hi * n).
-    def fill(s: float) -> list[float]:
-        return [min(max(s * w, lo), hi) for w in weights]
-
-    a, b = 0.0, total / min(weights)  # fill(0) sums to n * lo <= total; fill(b) to >= total
-    for _ in range(100):
-        m = (a + b) / 2
-        a, b = (m, b) if sum(fill(m)) < total else (a, m)
-    raw = fill(b)
-    out = [int(math.floor(v)) for v in raw]
-    order = sorted(range(len(raw)), key=lambda i: raw[i] - out[i], reverse=True)
-    for i in order[: max(0, total - sum(out))]:
-        out[i] += 1
-    return out
-
-
-# ---------------------------------------------------------------- text clean-up
-
-_LABEL = r"(?:part|section|step|chapter|paragraph)\s+(?:\d+|[ivx]+|one|two|three|four|five|six|seven|eight|nine|ten)\b"
-_HEADING_RE = re.compile(
-    rf"^\s*(?:#{{1,6}}\s*)?(?:\*\*|__)?\s*(?:{_LABEL}|第\s*[0-9一二三四五六七八九十百]+\s*(?:部分|节|章|段))[^\n]{{0,80}}(?<![.!?。！？])$",
-    re.I | re.M,
-)
-_PREAMBLE_RE = re.compile(
-    r"^\s*(?:(?:sure|certainly|of course|here is|here's|okay)\b[^\n]{0,100}[:!.]"
-    r"|writing part \d+[^\n]{0,60})\s*$", re.I)
-# Small models sometimes echo the step instruction back, anywhere in the answer. The echoed
-# words go; what follows them on the same line stays when it reads like the section's prose.
-_STEP_ECHO_RE = re.compile(
-    r"^\s*(?:write part \d+ of \d+(?: now)?\b[,:]?\s*(?:about \d+ words\b)?[,:.]?"
-    r"|现在写第\s*\d+\s*部分[^：:\n]{0,30}[：:]?)\s*", re.I)
-_RULE_ECHO_RE = re.compile(
-    r"do not (?:repeat earlier parts|add a title)[^.!?\n]*[.!?]?\s*|不要重复前文[^。\n]*。?\s*|不要加标题[^。\n]*。?\s*",
-    re.I)
-_LOOP_RATIO = 0.3  # repeated_4gram_share above this is a loop (prose stays under ~0.05)
-_SENTENCE_END = re.compile(r"[.!?…][\"'”’)）]*\s|[。！？][”’）」』]*")
-
-
-def clean_section(text: str) -> str:
-    """Drop "Part 3 - ..." style labels, chatty preambles and echoed instructions from a section."""
-    lines = text.strip().splitlines()
-    while lines and (not lines[0].strip() or _PREAMBLE_RE.match(lines[0])):
-        lines.pop(0)
-    kept = [ln for ln in (_strip_echo(ln) for ln in lines) if ln is not None]
-    text = _HEADING_RE.sub("", "\n".join(kept))
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip()
-
-
-def _strip_echo(line: str) -> str | None:
-    """``line`` without echoed step instructions; None when nothing of the model's own is left."""
-    out = line
-    m = _STEP_ECHO_RE.match(out)
-    if m:
-        rest = out[m.end():]
-        # After "Write part 2 of 5 now, about 300 words:" comes the echoed plan point (short,
-        # one clause) or, sometimes, the section itself (several sentences): keep only the latter.
-        if len(_SENTENCE_END.findall(rest + " ")) < 2 and count_words(rest) < 30:
-            return None
-        out = rest
-    out = _RULE_ECHO_RE.sub("", out)
-    if out == line:
-        return line
-    return out.rstrip() if out.strip() else None
-
-
-def trim_to_sentence(text: str) -> str:
-    """Cut a max_tokens-truncated answer back to its last full sentence (if that keeps most)."""
-    ends = list(_SENTENCE_END.finditer(text + " "))
-    if not ends:
-        return text
-    cut = ends[-1].end()
-    return text[:cut].rstrip() if cut >= 0.6 * len(text) else text
 
 
 # ---------------------------------------------------------------- the writer
@@ -476,7 +274,7 @@ class AgentWriter:
             # repetition penalty, and the better of the two is kept. An answer that may still be
             # resampled is stopped as soon as it loops (where the engine streams), rather than
             # running on to max_tokens only to be thrown away.
-            guard = _LOOP_RATIO if cfg.stop_loops and attempt < cfg.resample_tries else 0.0
+            guard = LOOP_RATIO if cfg.stop_loops and attempt < cfg.resample_tries else 0.0
             res = await self.engine.generate(msgs, sampling=SamplingSpec(
                 max_tokens=max_tokens, min_tokens=min(min_tokens, max_tokens - 1), temperature=cfg.temperature,
                 top_p=cfg.top_p, seed=self._seed(doc, k * 10 + (kind == "continue") + 2 * attempt),
@@ -496,7 +294,7 @@ class AgentWriter:
                 stat.kind = "discarded"
             _, loop, _, text, res = best
             short = res.finish_reason == "length" and count_words(text) < cfg.continue_below * words
-            if loop <= _LOOP_RATIO and not short and res.finish_reason != "loop":
+            if loop <= LOOP_RATIO and not short and res.finish_reason != "loop":
                 break
         _, _, _, text, res = best
         return text, res.text, res.finish_reason, dropped

@@ -9,6 +9,8 @@ from __future__ import annotations
 import bisect
 import re
 
+from core.text import count_words, detect_language  # noqa: F401 (re-exported)
+
 __all__ = [
     "LENGTH_BUCKETS",
     "count_words",
@@ -20,38 +22,6 @@ __all__ = [
 
 MAX_PROMPT_CHARS = 20_000  # longest instruction accepted anywhere (job input, /v1/longwrite)
 MAX_TARGET_WORDS = 50_000  # largest length a row, a request or an instruction may ask for
-
-_CJK_RE = re.compile(r"[\u4e00-\u9fff]")
-_EN_WORD_RE = re.compile(r"\b[a-zA-Z]+\b")
-
-
-def count_words(text: str) -> int:
-    """Count "words" exactly the way LongBench-Write does.
-
-    Scores are only comparable with published numbers if we count the same
-    way, so this is deliberately the reference formula, quirks included:
-    every CJK character (U+4E00..U+9FFF) counts 1 and every ``\\b[a-zA-Z]+\\b``
-    match counts 1. Consequences: digits and punctuation count 0,
-    "don't" and "e-mail" count 2, "abc123" counts 0 (letters and digits are
-    both ``\\w``), and because Python's ``re`` treats CJK characters as ``\\w``
-    too, Latin words glued to Chinese ("中文abc") count 0.
-    """
-    return len(_CJK_RE.findall(text)) + len(_EN_WORD_RE.findall(text))
-
-
-def detect_language(text: str) -> str:
-    """Return "zh" or "en" so callers know which word/字 convention applies.
-
-    "zh" when CJK characters make up at least 20% of (CJK characters +
-    English words); a Chinese text with a handful of CJK characters and few
-    English words therefore counts as Chinese. Empty text is "en".
-    """
-    cjk = len(_CJK_RE.findall(text))
-    en = len(_EN_WORD_RE.findall(text))
-    if cjk == 0:
-        return "en"
-    return "zh" if cjk / (cjk + en) >= 0.2 else "en"
-
 
 # --------------------------------------------------------------------------
 # Target-length parsing

@@ -20,7 +20,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 from core.engines.base import Engine, EngineError, Message, SamplingSpec
-from core.length import count_words
+from core.text import count_words, is_looping, repeated_4gram_share, repetition_stats, tokenize  # noqa: F401 (re-exported)
 
 __all__ = [
     "JUDGE_DIMENSIONS",
@@ -36,86 +36,6 @@ __all__ = [
     "section_length_error",
     "tokenize",
 ]
-
-# ---------------------------------------------------------------- repetition
-
-REPETITION_MAX_TOKENS = 20_000  # longer texts are scored on their first 20k tokens
-_NGRAM = 4
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-# One token per CJK character; other word-character runs (letters, digits) as one token each.
-_TOKEN_RE = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens: ``\\w+`` runs for alphabetic scripts, one token per CJK character.
-
-    Mixed Chinese/English text works: "AI模型很强" -> ["ai", "模", "型", "很", "强"].
-    """
-    return [t.lower() for t in _TOKEN_RE.findall(text or "")]
-
-
-def _has_repeat(ids: list[int], length: int) -> bool:
-    """True when some span of ``length`` tokens occurs at least twice (rolling hash, verified)."""
-    n = len(ids)
-    if length <= 0:
-        return True
-    if length > n - 1:
-        return False
-    mod = (1 << 61) - 1
-    base = 1_000_003
-    power = pow(base, length - 1, mod)
-    h = 0
-    for t in ids[:length]:
-        h = (h * base + t + 1) % mod
-    seen: dict[int, list[int]] = {h: [0]}
-    for i in range(1, n - length + 1):
-        h = ((h - (ids[i - 1] + 1) * power) * base + ids[i + length - 1] + 1) % mod
-        starts = seen.get(h)
-        if starts is not None:
-            span = ids[i:i + length]
-            if any(ids[s:s + length] == span for s in starts):
-                return True
-            starts.append(i)
-        else:
-            seen[h] = [i]
-    return False
-
-
-def repeated_4gram_share(text: str) -> float:
-    """Of all word 4-gram occurrences, the share that repeats an earlier one (see below)."""
-    return _repeated_share(tokenize(text)[:REPETITION_MAX_TOKENS])
-
-
-def _repeated_share(toks: list[str]) -> float:
-    grams = [tuple(toks[i:i + _NGRAM]) for i in range(len(toks) - _NGRAM + 1)]
-    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
-
-
-def repetition_stats(text: str) -> dict[str, Any]:
-    """Repetition in a text, on :func:`tokenize` tokens (capped at the first 20,000).
-
-    Returns ``{"tokens", "repeated_4gram_share", "longest_repeat"}``:
-
-    * ``repeated_4gram_share``: of all 4-gram occurrences, the share that repeats an earlier
-      one (occurrences beyond the first / total). 0 for text without repeats; a text written
-      out twice scores about 0.5; a loop of one sentence approaches 1.
-    * ``longest_repeat``: the length, in tokens, of the longest span that occurs at least twice
-      (occurrences may overlap). Binary search on the length with a rolling hash: O(n log n).
-    """
-    toks = tokenize(text)[:REPETITION_MAX_TOKENS]
-    n = len(toks)
-    share = _repeated_share(toks)
-    vocab: dict[str, int] = {}
-    ids = [vocab.setdefault(t, len(vocab)) for t in toks]
-    lo, hi = 0, max(0, n - 1)  # invariant: a span of lo repeats; none longer than hi can
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if _has_repeat(ids, mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return {"tokens": n, "repeated_4gram_share": share, "longest_repeat": lo}
-
 
 # ---------------------------------------------------------------- section budgets
 
@@ -318,12 +238,3 @@ def quality_score(judgments: list[dict[str, int]]) -> float:
 def overall_score(s_l: float, s_q: float | None) -> float | None:
     """S = (S_l + S_q) / 2; None when there is no quality score."""
     return None if s_q is None else (s_l + s_q) / 2.0
-
-
-LOOP_MIN_WORDS = 60  # fewer words than this say too little about a loop
-
-
-def is_looping(text: str, guard: float) -> bool:
-    """True when ``text`` is long enough to judge and over ``guard`` of its word 4-grams repeat:
-    the check a streaming engine runs to stop a looping answer early (SamplingSpec.loop_guard)."""
-    return guard > 0 and count_words(text) >= LOOP_MIN_WORDS and repeated_4gram_share(text) > guard

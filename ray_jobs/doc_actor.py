@@ -23,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 
 from core import credentials, storage
-from core.agentwrite import AgentWriter, DocumentError, WriteState
+from core.agentwrite import AgentWriter, WriteState
+from core.plan import DocumentError
 from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig
 from core.reconcile import part_name, state_key
 from core.records import Document, documents_to_table

@@ -21,22 +21,11 @@ from typing import Any, Callable
 import pytest
 
 from core import prompts
-from core.agentwrite import (
-    DEFAULT_TOKENS_PER_WORD,
-    AgentWriter,
-    DocumentError,
-    WriteState,
-    clean_section,
-    parse_plan,
-    reconcile_plan,
-    resolve_target,
-    section_count_range,
-    trim_to_sentence,
-)
+from core.agentwrite import DEFAULT_TOKENS_PER_WORD, AgentWriter, WriteState
+from core.plan import DocumentError, parse_plan, reconcile_plan, resolve_target, section_count_range
 from core.config import AgentWriteConfig
 from core.engines.base import Engine, EngineError, GenResult, Message, SamplingSpec, check_one_input
-from core.length import count_words
-from core.scores import is_looping, repeated_4gram_share
+from core.text import clean_section, count_words, is_looping, repeated_4gram_share, trim_to_sentence
 
 pytestmark = pytest.mark.timeout(60)
 CFG = AgentWriteConfig()

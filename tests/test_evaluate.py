@@ -11,7 +11,7 @@ import pytest
 from conftest import LONGBENCH
 
 from core.config import AgentWriteConfig, EngineConfig
-from core.length import detect_language
+from core.text import detect_language
 from core.scores import JUDGE_DIMENSIONS, quality_score
 
 

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.length import (
-    LENGTH_BUCKETS,
-    count_words,
-    detect_language,
-    length_bucket,
-    length_score,
-    parse_target_length,
-)
+from core.length import LENGTH_BUCKETS, length_bucket, length_score, parse_target_length
+from core.text import count_words, detect_language
 
 # --------------------------------------------------------------------------
 # count_words

@@ -21,10 +21,9 @@ from core.scores import (
     overall_score,
     parse_judgment,
     quality_score,
-    repetition_stats,
     section_length_error,
-    tokenize,
 )
+from core.text import repetition_stats, tokenize
 
 
 def judgment(*values: int) -> dict[str, int]:

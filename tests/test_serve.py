@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from conftest import free_port
-from core.length import count_words
+from core.text import count_words
 
 KEY = "test-key-123"
 MODEL = "SmolLM2-135M-Instruct"

@@ -14,7 +14,7 @@ import pytest
 
 from console_check import foreign_lines
 from core import versions
-from core.length import count_words
+from core.text import count_words
 from core.engines import vllm_compat
 
 ROOT = Path(__file__).resolve().parents[1]

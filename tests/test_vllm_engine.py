@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from core.agentwrite import AgentWriter, plan_schema
+from core.agentwrite import AgentWriter
+from core.plan import plan_schema
 from core.config import AgentWriteConfig
 from core.engines.base import Engine, SamplingSpec
-from core.length import count_words
+from core.text import count_words
 
 
 def test_protocol_and_chat(vllm_engine, run_on_engine):

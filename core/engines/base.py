@@ -32,7 +32,7 @@ class SamplingSpec:
     seed: int | None = None
     repetition_penalty: float = 1.0  # > 1 discourages repeats (vLLM; sent to HTTP servers only when != 1)
     # Stop the answer early, with finish_reason "loop", once over this share of its word 4-grams
-    # are repeats (core.scores.is_looping); 0 = off.  Backends that stream (the
+    # are repeats (core.text.is_looping); 0 = off.  Backends that stream (the
     # in-process vLLM engine) honour it; the HTTP engine, which does not stream, ignores it.
     loop_guard: float = 0.0
     json_schema: dict[str, Any] | None = None  # structured output, when the backend has it

@@ -8,7 +8,7 @@ in-process vLLM engine and the Serve replica's handle engine, so both count the 
 from __future__ import annotations
 
 from core.engines.base import Message
-from core.length import count_words
+from core.text import count_words
 
 _SAMPLE = {
     "en": (

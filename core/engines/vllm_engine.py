@@ -18,7 +18,7 @@ from core.config import EngineConfig
 from core.engines import start_notes
 from core.engines.base import EngineError, GenResult, Message, SamplingSpec, check_one_input
 from core.engines.chat_tokens import ChatTokenizer
-from core.scores import is_looping
+from core.text import is_looping
 
 def cpu_only() -> bool:
     try:
