@@ -14,7 +14,7 @@ import traceback
 from typing import Any, Callable
 
 from core import versions
-from core.config import AgentWriteConfig, EngineConfig, check_config, config_fields, update_config
+from core.config import check_config, config_fields, update_config
 from core.redact import redact
 from ray_jobs import console
 

@@ -36,7 +36,7 @@ from core import credentials, reconcile, run_lock, storage
 from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig, check_config
 from core.engines import check_source
 from core.inputs import InputError, read_prompts
-from core.records import DOCUMENT_SCHEMA, SCHEMA_VERSION, Document, documents_to_table
+from core.records import SCHEMA_VERSION, Document, documents_to_table
 from core.redact import redact, safe_url
 from ray_jobs import console
 
@@ -137,18 +137,17 @@ def _drop_stale_state(state: storage.Location, todo: list) -> None:
 
 def _run_ray(todo: list, gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWriteConfig,
              scfg: StorageConfig, run: storage.Location, state: storage.Location, progress: bool) -> None:
-    per_actor_batches = math.ceil(gcfg.in_flight / gcfg.rows_per_file) + 1
-    os.environ.setdefault("RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY", str(per_actor_batches))
+    from ray_jobs.ray_private import set_async_batches_per_actor
+
+    # Several input batches run at once inside each actor, so the engine never idles on the
+    # slowest document of a batch; the actor's semaphore keeps in_flight the real bound.
+    set_async_batches_per_actor(math.ceil(gcfg.in_flight / gcfg.rows_per_file) + 1)
     import ray
     import ray.data
-    from ray.data._internal.planner import plan_udf_map_op
 
     from ray_jobs.doc_actor import DocumentStage
     from ray_jobs.progress import ProgressBoard
 
-    # Several input batches run at once inside each actor, so the engine never idles on the
-    # slowest document of a batch; the actor's semaphore keeps in_flight the real bound.
-    plan_udf_map_op.DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY = per_actor_batches
     env = {k: os.environ[k] for k in ("VLLM_LOGGING_LEVEL", "LONGWRITER_HOME", "VLLM_CPU_KVCACHE_SPACE",
                                       "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "HF_HUB_OFFLINE")
            if k in os.environ}

@@ -130,12 +130,12 @@ def build_llm_config(scfg: ServeConfig, ecfg: EngineConfig, model_path: str, mod
 def app_builder(args: dict[str, Any] | None = None) -> Any:
     """Serve app builder (``import_path: serve.app:app_builder``)."""
     from ray import serve
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from ray.serve.llm import build_llm_deployment
     from ray.serve.llm.ingress import make_fastapi_ingress
 
     from core.models import EMBEDDED_NAME, resolve_model
     from serve.ingress import LongWriteIngress, endpoint_map, fastapi_app
+    from ray_jobs.ray_private import model_card
     from serve.middleware import Secret, listen_refusal
 
     scfg, ecfg, acfg = configs_from_args(args)
@@ -161,7 +161,7 @@ def app_builder(args: dict[str, Any] | None = None) -> Any:
     ingress_cls = make_fastapi_ingress(LongWriteIngress, endpoint_map=endpoint_map(), app=fastapi_app(scfg))
     return serve.deployment(ingress_cls, name="LongWriteIngress").options(**ingress_options).bind(
         llm_deployments={model_id: server},
-        model_cards={model_id: to_model_metadata(model_id, llm_config)},
+        model_cards={model_id: model_card(model_id, llm_config)},
         serve_cfg=scfg, agentwrite_cfg=acfg, tokenizer_path=model_path,
         max_model_len=ecfg.max_model_len, device=device, api_key=Secret(api_key),
     )

@@ -35,11 +35,9 @@ class LLMServerEngine:
 
     async def generate(self, messages: list[Message] | None = None, *, prompt: str | None = None,
                        sampling: SamplingSpec | None = None) -> GenResult:
-        from ray.llm._internal.serve.core.configs.openai_api_models import (
-            ChatCompletionRequest,
-            CompletionRequest,
-            ErrorResponse,
-        )
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+
+        from ray_jobs.ray_private import replica_error_type
 
         check_one_input(messages, prompt)
         sp = sampling or SamplingSpec()
@@ -56,7 +54,7 @@ class LLMServerEngine:
             break
         if response is None:
             raise EngineError("the model replica returned nothing")
-        if isinstance(response, ErrorResponse):
+        if isinstance(response, replica_error_type()):
             raise EngineError(f"model replica error {response.error.code}: {response.error.message}")
         return result_from_openai(response.model_dump(), chat, time.perf_counter() - t0, 1, sp.json_schema is not None)
 

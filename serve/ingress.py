@@ -215,9 +215,9 @@ def _error_event(e: BaseException) -> str:
 
 def endpoint_map() -> dict[str, Any]:
     """Routes of :class:`LongWriteIngress`: ray.serve.llm's generation routes plus ours."""
-    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
+    from ray_jobs.ray_private import openai_routes
 
-    routes = {k: DEFAULT_ENDPOINTS[k] for k in ("models", "model_data", "completions", "chat")}
+    routes = openai_routes(("models", "model_data", "completions", "chat"))
     routes.update({
         "longwrite": lambda app: app.post("/v1/longwrite"),
         "health": lambda app: app.get("/health"),
@@ -232,10 +232,10 @@ def fastapi_app(cfg: ServeConfig | None = None) -> FastAPI:
     outside it. Outermost first: generic 5xx, CORS (only with ``cfg.cors_origins``), API key,
     body limit, Retry-After; see :mod:`serve.middleware`."""
     from fastapi.middleware.cors import CORSMiddleware
-    from ray.llm._internal.serve.core.ingress.ingress import init
+    from ray_jobs.ray_private import openai_app
 
     cfg = cfg or ServeConfig()
-    app = init()
+    app = openai_app()
     app.title = "longwriter-ray"
     # ray.serve.llm allows every origin, with credentials: drop it (the stack is built lazily,
     # at the first request, so removing the entry here is enough).

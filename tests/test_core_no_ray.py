@@ -16,3 +16,18 @@ def test_core_imports_no_ray():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-1500:]
     assert len(mods) >= 10
+
+
+def test_private_ray_apis_only_in_the_adapter():
+    """Ray's ``_internal`` modules are reached only through ray_jobs/ray_private.py (one file to
+    re-check on a Ray upgrade)."""
+    import re
+
+    pattern = re.compile(r"^\s*(?:from|import)\s+ray[\w.]*\._internal|ray\.[\w.]*_internal\.", re.M)
+    offenders = []
+    for folder in ("core", "ray_jobs", "serve", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path.name != "ray_private.py" and pattern.search(path.read_text()):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert not offenders, offenders
+    assert pattern.search((ROOT / "ray_jobs" / "ray_private.py").read_text())
