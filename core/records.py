@@ -112,55 +112,20 @@ class Document:
         return row
 
 
-_CALL = pa.struct(
-    [
-        ("kind", pa.string()),
-        ("step", pa.int32()),
-        ("prompt_tokens", pa.int64()),
-        ("cached_tokens", pa.int64()),
-        ("generated_tokens", pa.int64()),
-        ("latency_s", pa.float64()),
-        ("finish_reason", pa.string()),
-    ]
-)
+_S, _I32, _I64, _F64 = pa.string(), pa.int32(), pa.int64(), pa.float64()
+_CALL = pa.struct([("kind", _S), ("step", _I32), ("prompt_tokens", _I64), ("cached_tokens", _I64),
+                   ("generated_tokens", _I64), ("latency_s", _F64), ("finish_reason", _S)])
+_PLAN_POINT = pa.struct([("point", _S), ("words", _I64)])
+_SECTION = pa.struct([("index", _I32), ("point", _S), ("budget", _I64), ("text", _S), ("words", _I64)])
+_MESSAGE = pa.struct([("role", _S), ("content", _S)])
 
 DOCUMENT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("prompt", pa.string()),
-        ("target_words", pa.int64()),
-        ("target_source", pa.string()),
-        ("language", pa.string()),
-        ("plan", pa.list_(pa.struct([("point", pa.string()), ("words", pa.int64())]))),
-        (
-            "sections",
-            pa.list_(
-                pa.struct(
-                    [
-                        ("index", pa.int32()),
-                        ("point", pa.string()),
-                        ("budget", pa.int64()),
-                        ("text", pa.string()),
-                        ("words", pa.int64()),
-                    ]
-                )
-            ),
-        ),
-        ("text", pa.string()),
-        ("word_count", pa.int64()),
-        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-        ("model", pa.string()),
-        ("mode", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("prompt_tokens", pa.int64()),
-        ("cached_tokens", pa.int64()),
-        ("generated_tokens", pa.int64()),
-        ("calls", pa.list_(_CALL)),
-        ("latency_s", pa.float64()),
-        ("created_at", pa.string()),
-        ("metadata", pa.string()),  # JSON object of the input row's pass-through fields
-    ],
+    [("id", _S), ("prompt", _S), ("target_words", _I64), ("target_source", _S), ("language", _S),
+     ("plan", pa.list_(_PLAN_POINT)), ("sections", pa.list_(_SECTION)), ("text", _S), ("word_count", _I64),
+     ("messages", pa.list_(_MESSAGE)), ("model", _S), ("mode", _S), ("status", _S), ("error", _S),
+     ("prompt_tokens", _I64), ("cached_tokens", _I64), ("generated_tokens", _I64), ("calls", pa.list_(_CALL)),
+     ("latency_s", _F64), ("created_at", _S),
+     ("metadata", _S)],  # JSON object of the input row's pass-through fields
     metadata={"longwriter.schema_version": SCHEMA_VERSION},
 )
 

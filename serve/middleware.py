@@ -153,14 +153,8 @@ def generic_5xx(code: int, scope: dict[str, Any] | None = None) -> dict[str, Any
 # ------------------------------------------------------------------ middleware
 
 
-class GenericServerErrorMiddleware:
-    """Every 5xx answer: one generic line (OpenAI shape, the status kept, headers such as
-    Retry-After kept); the original body and any exception go to the log, redacted.
-
-    An exception that escapes the app is answered here (500) instead of reaching Starlette's
-    last-resort handler, whose body would quote it. A response already streaming (SSE, status
-    200) cannot change status; its own error events are made generic by the ingress.
-    """
+class _HttpMiddleware:
+    """Pure ASGI middleware that acts on HTTP requests only (lifespan and the rest pass through)."""
 
     def __init__(self, app: Any):
         self.app = app
@@ -169,6 +163,22 @@ class GenericServerErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise NotImplementedError
+
+
+class GenericServerErrorMiddleware(_HttpMiddleware):
+    """Every 5xx answer: one generic line (OpenAI shape, the status kept, headers such as
+    Retry-After kept); the original body and any exception go to the log, redacted.
+
+    An exception that escapes the app is answered here (500) instead of reaching Starlette's
+    last-resort handler, whose body would quote it. A response already streaming (SSE, status
+    200) cannot change status; its own error events are made generic by the ingress.
+    """
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         st: dict[str, Any] = {"started": False, "status": 0, "headers": [], "held": []}
 
         async def guarded_send(message: dict[str, Any]) -> None:
@@ -211,7 +221,7 @@ class GenericServerErrorMiddleware:
         await _send_json(send, st["status"], generic_5xx(st["status"], scope), st["headers"])
 
 
-class ApiKeyMiddleware:
+class ApiKeyMiddleware(_HttpMiddleware):
     """401 unless ``Authorization: Bearer KEY`` matches, on every route but :data:`OPEN_PATHS`.
 
     Every method counts, ``OPTIONS`` included. The one unauthenticated ``OPTIONS`` answer is a
@@ -219,12 +229,9 @@ class ApiKeyMiddleware:
     with headers only (browsers never send credentials on a preflight) and never passes on.
     """
 
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         key = _state["api_key"]
-        if scope["type"] == "http" and key and _path(scope) not in OPEN_PATHS:
+        if key and _path(scope) not in OPEN_PATHS:
             given = _header(scope, b"authorization") or ""
             if not hmac.compare_digest(given.encode("latin-1", "replace"), f"Bearer {key}".encode()):
                 err = error_body(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
@@ -238,22 +245,19 @@ class _BodyTooLarge(Exception):
     status_code = 413  # what ray.serve.llm's handler answers if the app sees this first
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(_HttpMiddleware):
     """413 for a body over ``limit`` bytes: a larger Content-Length is refused before any byte is
     read; a body without one (chunked) is counted as it streams in, and the app's answer to
     the cut-off body is replaced by the 413."""
 
     def __init__(self, app: Any, limit: int = 1 << 20):
-        self.app = app
+        super().__init__(app)
         self.limit = int(limit)
 
     def _answer(self) -> dict[str, Any]:
         return error_body(413, f"request body over {self.limit} bytes", "request_too_large")
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         length = _header(scope, b"content-length")
         if length is not None:
             try:
@@ -291,17 +295,10 @@ class BodyLimitMiddleware:
             await _send_json(send, 413, self._answer(), [(b"connection", b"close")])
 
 
-class RetryAfterMiddleware:
+class RetryAfterMiddleware(_HttpMiddleware):
     """Adds ``Retry-After`` to 429/503 answers that lack one (overload inside the ingress)."""
 
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         async def send_with_retry_after(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start" and message["status"] in (429, 503):
                 headers = list(message.get("headers") or [])

@@ -59,13 +59,8 @@ class Engine(Protocol):
     model_name: str
     max_model_len: int  # context window in tokens (prompt + output)
 
-    async def generate(
-        self,
-        messages: list[Message] | None = None,
-        *,
-        prompt: str | None = None,
-        sampling: SamplingSpec | None = None,
-    ) -> GenResult:
+    async def generate(self, messages: list[Message] | None = None, *, prompt: str | None = None,
+                       sampling: SamplingSpec | None = None) -> GenResult:
         """Generate for chat ``messages`` or a raw ``prompt`` (exactly one of them)."""
         ...
 

@@ -244,13 +244,8 @@ class OpenAIHTTPEngine:
     async def list_models(self) -> list[str]:
         return [str(e["id"]) for e in await self._model_entries()]
 
-    async def generate(
-        self,
-        messages: list[Message] | None = None,
-        *,
-        prompt: str | None = None,
-        sampling: SamplingSpec | None = None,
-    ) -> GenResult:
+    async def generate(self, messages: list[Message] | None = None, *, prompt: str | None = None,
+                       sampling: SamplingSpec | None = None) -> GenResult:
         check_one_input(messages, prompt)
         sp = sampling or SamplingSpec()
         await self._discover()
