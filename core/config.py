@@ -162,6 +162,24 @@ class GenerateConfig:
                                   "this belongs to a dead job and is taken over", ge=1)
 
 
+
+@dataclass
+class EvalConfig:
+    """The LongBench-Write evaluation job (ray_jobs.evaluate): generate, judge, score, report."""
+
+    bench: str = _f("", "benchmark JSONL, local or s3:// (fields: prompt, length; optional type)")
+    output: str = _f("", "evaluation folder, local or s3://: generations/, results.parquet, report.md, lengths.png, summary.json")
+    mode: str = _f("agentwrite", "generation mode: agentwrite (plan, then sections) or direct (one call)")
+    generations: str | None = _f(None, "score these existing generations (a generate output root or one run_id=... folder) instead of generating")
+    judge_model: str | None = _f(None, "judge model (HF directory or hub id); default: the generation model")
+    judge_endpoint: str | None = _f(None, "OpenAI-compatible URL of the judge (use this on a cluster); default: --endpoint when judging with the generation model, else an in-process vLLM engine")
+    limit: int | None = _f(None, "only the first N benchmark prompts")
+    run_id: str | None = _f(None, "generation run id; default: derived from the benchmark, mode and model (reruns resume)")
+    engines: int = _f(1, "generation engine actors")
+    in_flight: int = _f(32, "documents in flight per generation engine")
+    judge_in_flight: int = _f(32, "judge requests in flight at once")
+    judge_retries: int = _f(2, "extra judge attempts for an invalid or cut-off answer before the judgment is dropped")
+
 @dataclass
 class ServeConfig:
     """The Ray Serve app (serve.app): vLLM replicas, OpenAI-compatible API, /v1/longwrite.
