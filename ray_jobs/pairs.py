@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import sys
 import time
 from typing import Any
@@ -28,6 +27,7 @@ import pyarrow as pa
 from core import storage
 from core.agentwrite import AgentWriter
 from core.config import AgentWriteConfig, EngineConfig, StorageConfig
+from core.eval_judge import judge_engine_config
 from core.inputs import PromptRow, read_prompts
 from core.length import length_score
 from core.records import Document
@@ -138,13 +138,6 @@ async def make_pairs(rows: list[PromptRow], engine: Any, pcfg: PairsConfig, acfg
     return pairs, stats
 
 
-def judge_engine_config(pcfg: PairsConfig, ecfg: EngineConfig) -> EngineConfig | None:
-    if not pcfg.judge_model and not pcfg.judge_endpoint:
-        return None
-    return dataclasses.replace(ecfg, model=pcfg.judge_model, endpoint=pcfg.judge_endpoint,
-                               api_key=ecfg.api_key if pcfg.judge_endpoint == ecfg.endpoint else None)
-
-
 def run_make_pairs(pcfg: PairsConfig, ecfg: EngineConfig, acfg: AgentWriteConfig | None = None,
                    scfg: StorageConfig | None = None, *, engine: Any = None, judge: Any = None) -> dict[str, Any]:
     """The whole command: read prompts, sample, pair, write Parquet; returns a summary dict.
@@ -177,7 +170,7 @@ def run_make_pairs(pcfg: PairsConfig, ecfg: EngineConfig, acfg: AgentWriteConfig
             eng = build_engine(ecfg)
             own.append(eng)
         jdg = judge
-        jcfg = judge_engine_config(pcfg, ecfg)
+        jcfg = judge_engine_config(ecfg, pcfg.judge_model, pcfg.judge_endpoint, generation_model_default=False)
         if jdg is None and jcfg is not None:
             same = not jcfg.endpoint and jcfg.model == ecfg.model and not ecfg.endpoint
             jdg = eng if same else build_engine(jcfg)
