@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
@@ -22,22 +21,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.agentwrite import AgentWriter  # noqa: E402
 from core.config import AgentWriteConfig, EngineConfig  # noqa: E402
 from core.engines import build_engine  # noqa: E402
+from core.eval_data import BenchRow, read_bench  # noqa: E402
+from core.eval_metrics import bucket_order  # noqa: E402
 from core.length import length_bucket, length_score  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "longbench-write" / "longbench_write_en.jsonl"
 
 
-async def run_mode(writer: AgentWriter, rows: list[dict], mode: str) -> list[dict]:
+async def run_mode(writer: AgentWriter, rows: list[BenchRow], mode: str) -> list[dict]:
     t0, done = time.perf_counter(), 0
 
-    async def one(i: int, r: dict) -> dict:
+    async def one(i: int, r: BenchRow) -> dict:
         nonlocal done
         if mode == "direct":
-            doc = await writer.write_direct(r["prompt"], doc_id=f"lb{i}", length=r["length"])
+            doc = await writer.write_direct(r.prompt, doc_id=f"lb{i}", length=r.length)
         else:
-            doc = await writer.write(r["prompt"], doc_id=f"lb{i}", length=r["length"])
-        row = {"required": r["length"], "produced": doc.word_count, "status": doc.status,
-               "tokens": doc.generated_tokens, "s_l": length_score(r["length"], doc.word_count)}
+            doc = await writer.write(r.prompt, doc_id=f"lb{i}", length=r.length)
+        row = {"required": r.length, "produced": doc.word_count, "status": doc.status,
+               "tokens": doc.generated_tokens, "s_l": length_score(r.length, doc.word_count)}
         done += 1  # progress on stderr: the longest prompts take most of the run
         print(f"  [{mode} {done}/{len(rows)} {time.perf_counter() - t0:5.0f} s] required {row['required']:>6}, "
               f"produced {row['produced']:>6}, S_l {row['s_l']:5.1f}, {row['status']}", file=sys.stderr, flush=True)
@@ -47,9 +48,9 @@ async def run_mode(writer: AgentWriter, rows: list[dict], mode: str) -> list[dic
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    rows = [json.loads(line) for line in open(args.data, encoding="utf-8")]
+    rows = read_bench(args.data)
     if args.shortest:
-        rows = sorted(rows, key=lambda r: r["length"])[: args.shortest]
+        rows = sorted(rows, key=lambda r: r.length)[: args.shortest]
     engine = build_engine(EngineConfig(model=args.model, enforce_eager=args.enforce_eager,
                                        kv_cache_gib=args.kv_cache_gib, max_num_seqs=max(64, len(rows))))
     writer = AgentWriter(engine, AgentWriteConfig())
@@ -63,12 +64,12 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"{mode:>10}: S_l {statistics.mean(r['s_l'] for r in res):5.1f} over {len(res)} prompts, "
               f"{sum(r['status'] != 'ok' for r in res)} failed, {secs:.0f} s, {toks / secs:.0f} tok/s", flush=True)
     await engine.close()
-    buckets = sorted({length_bucket(r["length"]) for r in rows}, key=lambda b: float(b[1:].split(",")[0].replace("k", "000")))
+    buckets = sorted({length_bucket(r.length) for r in rows}, key=bucket_order)
     print("\nbucket        " + "".join(f"{m:>12}" for m in results))
     for b in buckets:
         line = f"{b:<14}"
         for m, res in results.items():
-            vals = [x["s_l"] for x, r in zip(res, rows) if length_bucket(r["length"]) == b]
+            vals = [x["s_l"] for x, r in zip(res, rows) if length_bucket(r.length) == b]
             line += f"{statistics.mean(vals):12.1f}"
         print(line + f"   (n={len(vals)})")
     if "agentwrite" in results and "direct" in results:
