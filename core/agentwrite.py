@@ -29,6 +29,7 @@ from typing import Any, Callable
 from core import prompts
 from core.config import AgentWriteConfig
 from core.engines.base import Engine, EngineError, GenResult, Message, SamplingSpec
+from core.errors import one_line
 from core.plan import (DocumentError, fallback_plan, parse_plan, plan_schema, reconcile_plan, resolve_target,
                         section_count_range)
 from core.records import CallStat, Document, Section
@@ -112,7 +113,7 @@ class AgentWriter:
             if doc.word_count == 0:  # e.g. a small model degenerating into digits
                 raise DocumentError("the model wrote no words (degenerate output)")
         except (DocumentError, EngineError, ValueError) as e:
-            doc.status, doc.error, doc.retryable = "failed", _one_line(e), isinstance(e, EngineError)
+            doc.status, doc.error, doc.retryable = "failed", one_line(e, 500), isinstance(e, EngineError)
         doc.latency_s = time.perf_counter() - t0
         doc.model = getattr(self.engine, "model_name", "") or doc.model  # HTTP engines learn it on first call
         await _maybe(on_event, "done", doc)
@@ -143,7 +144,7 @@ class AgentWriter:
             if doc.word_count == 0:
                 raise DocumentError("the model wrote no words (degenerate output)")
         except (DocumentError, EngineError, ValueError) as e:
-            doc.status, doc.error, doc.retryable = "failed", _one_line(e), isinstance(e, EngineError)
+            doc.status, doc.error, doc.retryable = "failed", one_line(e, 500), isinstance(e, EngineError)
         doc.latency_s = time.perf_counter() - t0
         doc.model = getattr(self.engine, "model_name", "") or doc.model  # HTTP engines learn it on first call
         return doc
@@ -318,10 +319,6 @@ def _stat(kind: str, step: int, r: GenResult) -> CallStat:
                     generated_tokens=r.generated_tokens, latency_s=round(r.latency_s, 4),
                     finish_reason=r.finish_reason)
 
-
-def _one_line(e: BaseException) -> str:
-    msg = " ".join(str(e).split()) or type(e).__name__
-    return msg[:500]
 
 
 async def _maybe(fn: Callable[..., Any] | None, *args: Any) -> None:

@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from core import storage
 from core.config import StorageConfig
+from core.errors import one_line
 from core.length import MAX_PROMPT_CHARS, MAX_TARGET_WORDS
 
 MAX_LENGTH = MAX_TARGET_WORDS  # words; above this a "length" is treated as a typo, not a request
@@ -260,7 +261,7 @@ def _loads(text: str) -> Any:
     except RecursionError:
         raise _Bad("malformed JSON: nested too deeply") from None
     except ValueError as e:  # e.g. an integer of more than 4,300 digits
-        raise _Bad(f"malformed JSON: {' '.join(str(e).split())[:120]}") from None
+        raise _Bad(f"malformed JSON: {one_line(e, 120)}") from None
 
 
 def _decompress(data: bytes) -> bytes:
@@ -324,7 +325,7 @@ def _parquet(name: str, data: bytes) -> Iterator[tuple[str, bytes, Any]]:
     try:
         rows = pq.read_table(io.BytesIO(data)).to_pylist()
     except Exception as e:  # noqa: BLE001 - any Arrow failure: the file is one bad record
-        yield name, data[:4096], _Bad(f"not a readable Parquet file: {' '.join(str(e).split())[:160]}")
+        yield name, data[:4096], _Bad(f"not a readable Parquet file: {one_line(e, 160)}")
         return
     for i, row in enumerate(rows, start=1):
         raw = json.dumps(json_safe(row, strict=False), sort_keys=True).encode()

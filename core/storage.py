@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from core.config import StorageConfig
+from core.errors import one_line
 
 T = TypeVar("T")
 
@@ -123,7 +124,7 @@ def _remote(loc: Location, what: str, fn: Callable[[], T]) -> T:
             raise
         except OSError as e:
             if delay is None or not _transient(e):
-                raise StorageError(f"cannot {what} {loc.uri}: {_short(e)}") from None
+                raise StorageError(f"cannot {what} {loc.uri}: {one_line(e)}") from None
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -140,7 +141,7 @@ def makedirs(loc: Location) -> None:
     try:
         loc.fs.create_dir(loc.path, recursive=True)
     except OSError as e:
-        raise StorageError(f"cannot create {loc.uri}: {_short(e)}") from None
+        raise StorageError(f"cannot create {loc.uri}: {one_line(e)}") from None
 
 
 def list_files(loc: Location, suffix: str = "") -> list[str]:
@@ -182,7 +183,7 @@ def write_bytes(loc: Location, data: bytes) -> None:
                 os.fsync(fh.fileno())
             os.replace(tmp, loc.path)
         except OSError as e:
-            raise StorageError(f"cannot write {loc.uri}: {_short(e)}") from None
+            raise StorageError(f"cannot write {loc.uri}: {one_line(e)}") from None
         return
 
     def put() -> None:
@@ -225,6 +226,3 @@ def delete(loc: Location) -> None:
         if "not found" not in str(e).lower() and "NoSuchKey" not in str(e):
             raise
 
-
-def _short(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300]

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from core import versions
 from core.config import check_config, config_fields, update_config
+from core.errors import one_line
 from core.redact import redact
 from ray_jobs import console
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # one line for users; --debug for the traceback
         if args.debug:
             traceback.print_exc(file=console.stream())
-        msg = redact(" ".join(str(e).split()) or type(e).__name__)
+        msg = redact(one_line(e, 10_000))
         where = f" (details: {console.log_path()})" if console.log_path() else ""
         console.say(f"longwriter {args.command}: error: {msg}{where}")
         return 2

@@ -28,6 +28,7 @@ from ray.serve.llm.ingress import OpenAiIngress
 
 from core.agentwrite import AgentWriter
 from core.config import AgentWriteConfig, ServeConfig
+from core.errors import one_line
 from core.redact import redact
 from serve import middleware
 from serve.handle_engine import LLMServerEngine
@@ -208,9 +209,9 @@ def _error_event(e: BaseException) -> str:
     if not 400 <= code < 500:
         code = code if 500 <= code < 600 else 500
         logger.error("stream failed (%d): %s", code,
-                     redact(f"{type(e).__name__}: {' '.join(str(e).split())}", middleware.secrets()))
+                     redact(f"{type(e).__name__}: {one_line(e, 10_000)}", middleware.secrets()))
         return sse("error", {"message": middleware.generic_5xx(code)["error"]["message"], "code": code})
-    return sse("error", {"message": redact(" ".join(str(e).split()), middleware.secrets()), "code": code})
+    return sse("error", {"message": redact(one_line(e, 10_000), middleware.secrets()), "code": code})
 
 
 def endpoint_map() -> dict[str, Any]:

@@ -18,6 +18,7 @@ from core.config import EngineConfig
 from core.engines import start_notes
 from core.engines.base import EngineError, GenResult, Message, SamplingSpec, check_one_input
 from core.engines.chat_tokens import ChatTokenizer
+from core.errors import last_line
 from core.text import is_looping
 
 def cpu_only() -> bool:
@@ -90,7 +91,7 @@ class VLLMEngine:
         try:
             self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         except Exception as e:  # start-up errors are long; keep the first useful line
-            raise EngineError(f"vLLM could not start model {self.model_path}: {_first_line(e)}") from e
+            raise EngineError(f"vLLM could not start model {self.model_path}: {last_line(e, 300)}") from e
         start_notes.record(self.model_path, cfg, time.perf_counter() - t0)
         return self
 
@@ -157,7 +158,7 @@ class VLLMEngine:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            raise EngineError(f"vLLM generation failed: {_first_line(e)}") from e
+            raise EngineError(f"vLLM generation failed: {last_line(e, 300)}") from e
         if looped:
             await stream.aclose()
         if final is None or not final.outputs:
@@ -172,7 +173,3 @@ class VLLMEngine:
             latency_s=time.perf_counter() - t0,
         )
 
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(e).__name__)[:300]
