@@ -54,9 +54,20 @@ def build_config(cls: type, args: argparse.Namespace, yaml_values: dict[str, Any
 
 
 def add_sections(p: argparse.ArgumentParser, sections: dict[str, type]) -> None:
-    """Flags for each config of a job; ``sections`` maps YAML section name -> config class."""
+    """``--config`` and the flags of each config of a job; ``sections`` maps YAML section name ->
+    config class."""
+    p.add_argument("--config", default=None, help=f"YAML with {', '.join(n + ':' for n in sections)} sections")
     for cls in sections.values():
         add_config_flags(p, cls)
+
+
+def add_job_parser(sub: argparse._SubParsersAction, name: str, help: str, doc: str | None,
+                   sections: dict[str, type], func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """The sub-command of a job whose flags are its config sections (generate, eval, make-pairs)."""
+    p = sub.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sections(p, sections)
+    p.set_defaults(func=func)
+    return p
 
 
 def build_sections(args: argparse.Namespace, sections: dict[str, type]) -> list[Any]:

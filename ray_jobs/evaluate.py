@@ -61,13 +61,10 @@ SECTIONS = {"eval": EvalConfig, "engine": EngineConfig, "agentwrite": AgentWrite
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ray_jobs.cli import add_config_flags, add_sections
+    from ray_jobs.cli import add_config_flags, add_job_parser
 
-    p = sub.add_parser("eval", help="LongBench-Write evaluation: generate (Ray), judge, score, report",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="YAML with eval:, engine:, agentwrite:, storage: sections")
-    add_sections(p, SECTIONS)
-    p.set_defaults(func=run)
+    add_job_parser(sub, "eval", "LongBench-Write evaluation: generate (Ray), judge, score, report", __doc__,
+                   SECTIONS, run)
 
     c = sub.add_parser("eval-compare", help="side-by-side Markdown table of two evaluations",
                        description="Compare two `longwriter eval` outputs (overall and per length bucket).")

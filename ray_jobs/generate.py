@@ -47,16 +47,15 @@ SECTIONS = {"generate": GenerateConfig, "engine": EngineConfig, "agentwrite": Ag
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="bulk AgentWrite generation on Ray Data -> Parquet",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(p)
-    p.set_defaults(func=run)
+    from ray_jobs.cli import add_job_parser
+
+    add_job_parser(sub, "generate", "bulk AgentWrite generation on Ray Data -> Parquet", __doc__, SECTIONS, run)
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
+    """This job's flags on another parser (cluster job templates check their command lines with it)."""
     from ray_jobs.cli import add_sections
 
-    p.add_argument("--config", default=None, help="YAML with generate:, engine:, agentwrite:, storage: sections")
     add_sections(p, SECTIONS)
 
 

@@ -59,13 +59,10 @@ SECTIONS = {"pairs": PairsConfig, "engine": EngineConfig, "agentwrite": AgentWri
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ray_jobs.cli import add_sections
+    from ray_jobs.cli import add_job_parser
 
-    p = sub.add_parser("make-pairs", help="preference pairs for DPO: k samples per prompt, best vs worst by length score",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="YAML with pairs:, engine:, agentwrite:, storage: sections")
-    add_sections(p, SECTIONS)
-    p.set_defaults(func=run)
+    add_job_parser(sub, "make-pairs", "preference pairs for DPO: k samples per prompt, best vs worst by length score",
+                   __doc__, SECTIONS, run)
 
 
 def run(args: argparse.Namespace) -> int:
