@@ -33,9 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.config import StorageConfig  # noqa: E402
 from core.train_config import DPOJobConfig, SFTJobConfig  # noqa: E402
+from ray_jobs import dpo, sft  # noqa: E402
 from ray_jobs.dpo import prepare_dpo_data  # noqa: E402
 from ray_jobs.sft import read_conversations, tokenize_corpus  # noqa: E402
-from ray_jobs.train_common import build_tiny_model, export_model, load_tokenizer, make_trainer  # noqa: E402
+from ray_jobs.train_data import load_tokenizer  # noqa: E402
+from ray_jobs.train_export import export_model  # noqa: E402
+from ray_jobs.train_worker import make_trainer  # noqa: E402
+from tests.tiny_model import build_tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,13 +91,13 @@ def main() -> None:
     if a.variant == "dpo":
         cfg = DPOJobConfig(pairs=a.corpus, learning_rate=1e-5, **common)
         table, _ = prepare_dpo_data(cfg, pairs_from_corpus(convs), tok)
-        builder = "ray_jobs.dpo:build_trainer"
+        builder = dpo.build_trainer
     else:
         cfg = SFTJobConfig(data=a.corpus, learning_rate=3e-4, lora=a.variant == "lora",
                            gradient_checkpointing=a.variant in ("sft", "lora", "packed"), packing=a.variant == "packed",
                            fsdp_config=a.fsdp_config if a.variant == "fsdp" else None, **common)
         table, _ = tokenize_corpus(convs, cfg, tok)
-        builder = "ray_jobs.sft:build_trainer"
+        builder = sft.build_trainer
     cfg.validate()
     trainer, tok = make_trainer(cfg, str(model_dir), builder, table, str(work / f"hf-{a.variant}"))
     if gpu:

@@ -56,7 +56,8 @@ def plain_trl(cfg: SFTJobConfig, table, model_path: str, workers: int, out_dir: 
     from transformers import AutoModelForCausalLM
 
     from ray_jobs.sft import build_trainer
-    from ray_jobs.train_common import load_tokenizer, training_kwargs
+    from ray_jobs.train_data import load_tokenizer
+    from ray_jobs.train_worker import training_kwargs
 
     torch.manual_seed(cfg.seed)
     if threads:
@@ -93,8 +94,10 @@ def main() -> int:
 
     import pyarrow.parquet as pq
 
-    from ray_jobs.sft import read_conversations, tokenize_corpus
-    from ray_jobs.train_common import build_tiny_model, load_tokenizer, run_training
+    from ray_jobs.sft import build_trainer, read_conversations, tokenize_corpus
+    from ray_jobs.train_data import load_tokenizer
+    from ray_jobs.train_launch import run_training
+    from tests.tiny_model import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="lw-train-bench-"))
     model = a.model or build_tiny_model(str(work / "tiny"), hidden=a.hidden, layers=a.layers)
@@ -112,7 +115,7 @@ def main() -> int:
     base = plain_trl(cfg, table, model, a.workers, str(work / "plain"), a.plain_threads)
     base["wall_s"] = time.time() - t0
     t0 = time.time()
-    s = run_training("sft", cfg, None, table, "ray_jobs.sft:build_trainer", info)
+    s = run_training("sft", cfg, None, table, build_trainer, info)
     ray_res = {"tokens": s["tokens_this_attempt"], "runtime_s": s["train_runtime_s"],
                "tokens_per_s": s["tokens_per_s"], "final_loss": s["final_loss"], "wall_s": time.time() - t0}
 

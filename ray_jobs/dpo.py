@@ -10,7 +10,7 @@ base model itself (``ref_model=None``: trl loads a frozen copy, or disables the 
 ``--lora``). Pairs longer than ``--max-length`` tokens are dropped or truncated (``--on-too-long``).
 
 Checkpoints, resume (worker failure or rerunning the same command), and the export to
-``OUTPUT/model`` work exactly as for ``longwriter sft`` (``ray_jobs.train_common``). The summary
+``OUTPUT/model`` work exactly as for ``longwriter sft`` (``ray_jobs.train_worker``). The summary
 reports the reward margin (chosen minus rejected implicit reward) at the start and the end.
 """
 
@@ -24,17 +24,8 @@ import pyarrow as pa
 
 from core.config import StorageConfig
 from core.train_config import DPOJobConfig
-from ray_jobs.train_common import (
-    DataError,
-    add_train_flags,
-    chat_ids,
-    configs_from_args,
-    load_tokenizer,
-    print_summary,
-    read_parquet,
-    resolve_model_path,
-    run_training,
-)
+from ray_jobs.train_data import DataError, chat_ids, load_tokenizer, read_parquet, resolve_model_path
+from ray_jobs.train_launch import register_job, run_training
 from ray_jobs import console
 
 _MSGS = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -42,16 +33,7 @@ DPO_DATA_SCHEMA = pa.schema([("prompt", _MSGS), ("chosen", _MSGS), ("rejected", 
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dpo", help="DPO on chosen/rejected pairs (Ray Train + trl)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_flags(p, DPOJobConfig)
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg, scfg = configs_from_args(DPOJobConfig, args)
-    print_summary(run_dpo(cfg, scfg))
-    return 0
+    register_job(sub, "dpo", "DPO on chosen/rejected pairs (Ray Train + trl)", __doc__, DPOJobConfig, run_dpo)
 
 
 def read_pairs(cfg: DPOJobConfig, scfg: StorageConfig | None) -> list[dict[str, str]]:
@@ -106,7 +88,7 @@ def run_dpo(cfg: DPOJobConfig, scfg: StorageConfig | None = None) -> dict[str, A
     tok = load_tokenizer(resolve_model_path(cfg.model))
     table, info = prepare_dpo_data(cfg, rows, tok)
     print(f"[dpo] {info['rows']} pairs", file=console.stream())
-    return run_training("dpo", cfg, scfg, table, "ray_jobs.dpo:build_trainer", info)
+    return run_training("dpo", cfg, scfg, table, build_trainer, info)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,34 +26,16 @@ import pyarrow.dataset as pads
 
 from core.config import StorageConfig
 from core.train_config import SFTJobConfig
-from ray_jobs.train_common import (
-    DataError,
-    add_train_flags,
-    chat_ids,
-    common_prefix,
-    configs_from_args,
-    load_tokenizer,
-    print_summary,
-    read_parquet,
-    resolve_model_path,
-    run_training,
-)
+from ray_jobs.train_data import DataError, chat_ids, common_prefix, load_tokenizer, read_parquet, resolve_model_path
+from ray_jobs.train_launch import register_job, run_training
 from ray_jobs import console
 
 TOKENIZED_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sft", help="supervised fine-tuning on a generated corpus (Ray Train + trl)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_flags(p, SFTJobConfig)
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg, scfg = configs_from_args(SFTJobConfig, args)
-    print_summary(run_sft(cfg, scfg))
-    return 0
+    register_job(sub, "sft", "supervised fine-tuning on a generated corpus (Ray Train + trl)", __doc__,
+                 SFTJobConfig, run_sft)
 
 
 # ---------------------------------------------------------------- data (driver)
@@ -154,7 +136,7 @@ def run_sft(cfg: SFTJobConfig, scfg: StorageConfig | None = None) -> dict[str, A
     table, info = tokenize_corpus(convs, cfg, tok)
     print(f"[sft] {info['rows']} sequences, {info['tokens_in_data']} tokens "
           f"({info['trained_tokens_in_data']} with loss), longest {info['max_seq_tokens']}", file=console.stream())
-    return run_training("sft", cfg, scfg, table, "ray_jobs.sft:build_trainer", info)
+    return run_training("sft", cfg, scfg, table, build_trainer, info)
 
 
 def main(argv: list[str] | None = None) -> int:

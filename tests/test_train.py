@@ -55,14 +55,14 @@ def ray_shutdown_after():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
-    from ray_jobs.train_common import build_tiny_model
+    from tests.tiny_model import build_tiny_model
 
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model):
-    from ray_jobs.train_common import load_tokenizer
+    from ray_jobs.train_data import load_tokenizer
 
     return load_tokenizer(tiny_model)
 
@@ -339,7 +339,7 @@ def test_sharding_example_configs_reach_the_trainer(tmp_path):
     """configs/*.json (the documented 8-GPU examples) pass our checks and transformers' own parsing."""
     from trl import SFTConfig
 
-    from ray_jobs.train_common import training_kwargs
+    from ray_jobs.train_worker import training_kwargs
 
     cfg = SFTJobConfig(data="x", output=str(tmp_path), use_gpu=True, fsdp_config=str(ROOT / "configs" / "fsdp2_llama8b.json"))
     cfg.validate()
@@ -364,7 +364,7 @@ def test_sharding_example_configs_reach_the_trainer(tmp_path):
 
 
 def test_fsdp_false_means_off(tmp_path):
-    from ray_jobs.train_common import training_kwargs
+    from ray_jobs.train_worker import training_kwargs
 
     cfg = SFTJobConfig(data="x", output=str(tmp_path), fsdp="false")
     cfg.validate()  # no --use-gpu needed: FSDP is off
