@@ -63,5 +63,3 @@ FALLBACK_POINTS = {
            "Bring the piece to a close"),
     "zh": ("开篇，点明主题", "继续展开主题，写出新的内容", "总结全文，收尾"),
 }
-
-DIRECT = {"en": "{instruction}", "zh": "{instruction}"}
