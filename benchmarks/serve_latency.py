@@ -91,7 +91,7 @@ def run_bare(args, texts: list[str]) -> dict:
 def run_serve(args, texts: list[str]) -> dict:
     import httpx
 
-    from ray_jobs.serve_cmd import launched
+    from tests.serve_launcher import launched
 
     port = args.port
     cfg = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [{

@@ -53,7 +53,7 @@ def serve_config(port: int) -> dict:
 
 @pytest.fixture(scope="module")
 def app():
-    from ray_jobs.serve_cmd import launched
+    from tests.serve_launcher import launched
 
     port = free_port()
     no_auth = {"RAY_AUTH_MODE": "disabled"}  # lets the test read replica counts from the dashboard API
