@@ -1,7 +1,6 @@
-"""Length utilities for LongBench-Write style evaluation.
+"""Target lengths: parsing them from instructions, the limits, and LongBench-Write's length score.
 
-Everything here is pure stdlib so it can run inside Ray workers, CLI scripts
-and tests alike without pulling in any heavy dependency.
+Pure stdlib. Word counting itself lives in core/text.py (:func:`core.text.count_words`).
 """
 
 from __future__ import annotations
@@ -9,12 +8,8 @@ from __future__ import annotations
 import bisect
 import re
 
-from core.text import count_words, detect_language  # noqa: F401 (re-exported)
-
 __all__ = [
     "LENGTH_BUCKETS",
-    "count_words",
-    "detect_language",
     "length_bucket",
     "length_score",
     "parse_target_length",

@@ -1,7 +1,7 @@
-"""LongBench-Write scoring beyond length: repetition, section budgets, and the quality judge.
+"""LongBench-Write scoring beyond length: section budgets and the quality judge.
 
-* :func:`repetition_stats` - how much of a text repeats itself (share of repeated word 4-grams,
-  longest span that occurs twice); small models loop, and this catches it without a judge.
+(Repetition, :func:`core.text.repetition_stats`, is a text measure and lives in core/text.py.)
+
 * :func:`section_length_error` - how well AgentWrite sections kept their word budgets.
 * The judge: a prompt (our own wording), a JSON schema for structured output,
   :func:`parse_judgment` and :func:`judge_document`, which asks any :class:`~core.engines.base.Engine`
@@ -20,7 +20,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 from core.engines.base import Engine, EngineError, Message, SamplingSpec
-from core.text import count_words, is_looping, repeated_4gram_share, repetition_stats, tokenize  # noqa: F401 (re-exported)
+from core.text import count_words
 
 __all__ = [
     "JUDGE_DIMENSIONS",
@@ -31,10 +31,7 @@ __all__ = [
     "overall_score",
     "parse_judgment",
     "quality_score",
-    "repeated_4gram_share",
-    "repetition_stats",
     "section_length_error",
-    "tokenize",
 ]
 
 # ---------------------------------------------------------------- section budgets
