@@ -39,7 +39,7 @@ class EngineConfig:
     kv_cache_gib: float = _f(2.0, "KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE)", gt=0)
     enforce_eager: bool = _f(False, "skip graph compilation. Only the first start with given settings on a machine "
                                     "compiles (~100 s on 2 CPU cores); later ones load vLLM's cache and start as "
-                                    "fast as eager ones, which decode ~20%% slower: so compiled is the default "
+                                    "fast as eager ones, which decode ~20% slower: so compiled is the default "
                                     "for every command")
     structured_backend: str = _f("guidance", "vLLM structured-output backend for JSON plans (guidance|outlines|xgrammar)", choices=("guidance", "outlines", "xgrammar"))
     cpu_threads_bind: str | None = _f(None, "CPU only: cores for vLLM's OpenMP threads, e.g. 0-1 (default: all this process may use)")
@@ -67,7 +67,7 @@ class AgentWriteConfig:
     max_continuations: int = _f(1, "continuation calls per section")
     resample_tries: int = _f(1, "extra samples for a section answer that loops or that clean-up leaves under continue_below of its budget")
     resample_repetition_penalty: float = _f(1.15, "repetition penalty for those extra samples (1 = none)", gt=0)
-    stop_loops: bool = _f(True, "in-process vLLM: stop an answer that may still be resampled as soon as it loops (over 30%% "
+    stop_loops: bool = _f(True, "in-process vLLM: stop an answer that may still be resampled as soon as it loops (over 30% "
                                 "repeated word 4-grams from 60 words on) instead of running it to max_tokens")
     direct_max_share: float = _f(2.0, "direct mode: max_tokens allows this share of the target (capped by the context)", gt=0)
     context_margin: int = _f(64, "tokens kept free in the context window")

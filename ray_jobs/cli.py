@@ -27,7 +27,8 @@ def add_config_flags(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_ = f"{f.metadata.get('help', '')} (default: {f.default})"
+        # argparse %-formats help text: the field's own words are escaped here, not where they are written.
+        help_ = f"{f.metadata.get('help', '')} (default: {f.default})".replace("%", "%%")
         if f.type in ("bool", bool):
             g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
