@@ -7,6 +7,12 @@ calling process. This module speaks just enough of the OpenAI REST API for the
 ``/models``. Transient failures (429, 5xx, dropped connections, timeouts) are retried with
 exponential backoff; anything else becomes an :class:`EngineError` with a one-line message,
 so an API failure can never leak into a document as generated text.
+
+Why httpx and not the ``openai`` client: the installed openai 3.57 refuses to send a request
+without a credential ("Missing credentials" for an empty key, "Could not resolve authentication
+method" when the Authorization header is omitted), and the endpoints this backend is for are
+often keyless vLLM servers, or carry basic-auth credentials in the URL; a placeholder Bearer key
+would replace those. Retries, backoff and Retry-After are the few lines below (checked 2026-12).
 """
 
 from __future__ import annotations
