@@ -90,3 +90,53 @@ def test_mismatch_line_names_installed_and_tested(monkeypatch):
     monkeypatch.setitem(versions.TESTED, "ray", "0.0.1")
     line = versions.mismatch_line()
     assert line and f"ray {versions.installed('ray')} (tested 0.0.1)" in line
+
+
+_ORPHAN_CHILD = """
+import multiprocessing as mp, os, sys, time
+sys.path.insert(0, {root!r})
+
+def child(path):
+    from core.engines.orphan_guard import guard_orphans
+    assert guard_orphans(0.2)
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    from core.engines.orphan_guard import guard_orphans
+    assert not guard_orphans()  # not a multiprocessing child: never armed
+    mp.get_context("spawn").Process(target=child, args=({path!r},)).start()
+    time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def test_engine_processes_exit_when_their_owner_is_killed(tmp_path):
+    """A multiprocessing child (as vLLM's engine core and workers are) exits within seconds of
+    its parent's SIGKILL instead of running on, adopted by init."""
+    import signal
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    script = tmp_path / "owner.py"  # a file: spawn re-imports the child's function from it
+    script.write_text(_ORPHAN_CHILD.format(root=str(ROOT), path=str(pid_file)))
+    owner = subprocess.Popen([sys.executable, str(script)], cwd=ROOT)
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert owner.poll() is None and time.time() < deadline, "the child did not start"
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    time.sleep(1.0)
+    assert not _gone(child)  # alive while its owner is
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    deadline = time.time() + 15
+    while not _gone(child) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _gone(child), "the orphaned child kept running"

@@ -64,6 +64,9 @@ def register() -> None:
     """``vllm.general_plugins`` entry point: runs in every vLLM process, possibly several times."""
     if os.environ.get("LONGWRITER_NO_VLLM_PATCH") == "1":
         return
+    from core.engines.orphan_guard import guard_orphans
+
+    guard_orphans()  # public APIs only, any vLLM version: engine processes die with their owner
     try:
         import vllm
     except ImportError:
