@@ -30,10 +30,11 @@ from core import prompts
 from core.config import AgentWriteConfig
 from core.engines.base import Engine, EngineError, GenResult, Message, SamplingSpec
 from core.errors import one_line
-from core.plan import (DocumentError, fallback_plan, parse_plan, plan_schema, reconcile_plan, resolve_target,
-                        section_count_range)
+from core.plan import (DocumentError, adopt_named, check_plan, fallback_plan, named_sections, parse_plan,
+                        plan_schema, reconcile_plan, resolve_target, section_count_range)
 from core.records import CallStat, Document, Section
-from core.text import LOOP_RATIO, clean_section, count_words, detect_language, repeated_4gram_share, trim_to_sentence
+from core.text import (LOOP_RATIO, clean_section, count_words, cut_to_words, detect_language, repeated_4gram_share,
+                       trim_to_sentence)
 
 DEFAULT_TOKENS_PER_WORD = {"en": 1.4, "zh": 1.6}
 EventFn = Callable[[str, Document], Any]
@@ -160,6 +161,7 @@ class AgentWriter:
         if self.engine.count_tokens(msgs) + max_tokens + cfg.context_margin > self.engine.max_model_len:
             raise DocumentError(self._too_long(msgs))
         schema = plan_schema(n_min, n_max, doc.target_words)
+        names = named_sections(doc.prompt)
         reason = "no plan"
         for attempt in range(cfg.plan_retries + 1):
             res = await self.engine.generate(msgs, sampling=SamplingSpec(
@@ -170,12 +172,24 @@ class AgentWriter:
                 reason = "plan was cut off at max_tokens"
                 continue
             try:
-                return reconcile_plan(parse_plan(res.text), doc.target_words, cfg)
+                entries, problem = check_plan(parse_plan(res.text), doc.prompt, prompts.SYSTEM[lang], n_min)
+                if problem:
+                    raise DocumentError(problem)
             except DocumentError as e:
                 reason = str(e)
-        if cfg.plan_fallback:
-            return fallback_plan(doc.target_words, lang, cfg)
-        raise DocumentError(f"no usable plan after {cfg.plan_retries + 1} attempts: {reason}")
+                continue
+            entries, named = adopt_named(entries, names)
+            notes = ([f"retried {attempt}x: {reason}"] if attempt else []) + (["named sections adopted"] if named else [])
+            if notes:
+                doc.calls.append(_note(-1, "; ".join(notes)))
+            return reconcile_plan(entries, doc.target_words, cfg)
+        if not cfg.plan_fallback:
+            raise DocumentError(f"no usable plan after {cfg.plan_retries + 1} attempts: {reason}")
+        if names:  # the instruction's own section list beats generic points
+            doc.calls.append(_note(-1, f"fell back to the named sections: {reason}"))
+            return reconcile_plan([{"point": n, "words": 0} for n in names], doc.target_words, cfg)
+        doc.calls.append(_note(-1, f"fell back to an even plan: {reason}"))
+        return fallback_plan(doc.target_words, lang, cfg)
 
     # -- sections
 
@@ -248,6 +262,12 @@ class AgentWriter:
                 history[-1].append({"role": "assistant", "content": raw})
                 parts.append(part)
             text = "\n\n".join(p for p in parts if p)
+            if cfg.trim_over > 0 and count_words(text) > (1 + cfg.trim_over) * budget:
+                cut = cut_to_words(text, int((1 + cfg.trim_over) * budget))
+                if cut != text:
+                    doc.calls.append(_note(k, f"cut {count_words(text) - count_words(cut)} words over the "
+                                              f"{budget}-word budget at a sentence end"))
+                    text = cut
             sec = Section(index=k, point=point, budget=doc.plan[k]["words"], text=text, words=count_words(text))
             doc.sections.append(sec)
             st.sections = [asdict(s) for s in doc.sections]
@@ -268,6 +288,8 @@ class AgentWriter:
         max_tokens = int(words * tpw * cfg.max_budget_share) + 16
         min_tokens = int(words * tpw * cfg.min_budget_share)
         msgs, dropped = self._fit(doc, history, dropped, max_tokens)
+        # Lines that repeat the step instruction, the outline or the system prompt are not prose.
+        echoes = tuple(m["content"] for m in msgs if m["role"] != "assistant")
         best: tuple[float, float, CallStat, str, GenResult] | None = None  # score, loop share, ...
         for attempt in range(cfg.resample_tries + 1):
             # A small model at temperature > 0 now and then loops ("Tidal waves" x 9) or echoes
@@ -282,7 +304,7 @@ class AgentWriter:
                 repetition_penalty=cfg.resample_repetition_penalty if attempt else 1.0, loop_guard=guard))
             stat = _stat(kind, k, res)
             doc.calls.append(stat)
-            text = clean_section(res.text)
+            text = clean_section(res.text, echoes)
             if res.finish_reason in ("length", "loop"):
                 text = trim_to_sentence(text)
             loop = repeated_4gram_share(text)
@@ -319,6 +341,11 @@ def _stat(kind: str, step: int, r: GenResult) -> CallStat:
                     generated_tokens=r.generated_tokens, latency_s=round(r.latency_s, 4),
                     finish_reason=r.finish_reason)
 
+
+def _note(step: int, what: str) -> CallStat:
+    """A zero-token entry in the call stats recording a decision (kind "note", reason in finish_reason)."""
+    return CallStat(kind="note", step=step, prompt_tokens=0, cached_tokens=0, generated_tokens=0, latency_s=0.0,
+                    finish_reason=what)
 
 
 async def _maybe(fn: Callable[..., Any] | None, *args: Any) -> None:

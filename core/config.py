@@ -63,6 +63,8 @@ class AgentWriteConfig:
     plan_temperature: float = _f(0.5, "sampling temperature for the plan", le=5)
     min_budget_share: float = _f(0.9, "min_tokens asks for this share of each section's budget", gt=0)
     max_budget_share: float = _f(1.35, "max_tokens allows this share of each section's budget", gt=0)
+    trim_over: float = _f(0.1, "a section over its budget by more than this share is cut back at the last sentence end "
+                               "within it (recorded as a call-stats note); 0 = never cut", ge=0)
     continue_below: float = _f(0.7, "a section under this share of its budget gets a continuation call", le=1)
     max_continuations: int = _f(1, "continuation calls per section")
     resample_tries: int = _f(1, "extra samples for a section answer that loops or that clean-up leaves under continue_below of its budget")

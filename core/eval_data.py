@@ -50,7 +50,7 @@ def read_bench(uri: str, scfg: StorageConfig | None = None, limit: int | None = 
     return rows[:limit] if limit is not None else rows
 
 
-GEN_COLUMNS = ["id", "prompt", "text", "status", "error", "sections", "mode", "model",
+GEN_COLUMNS = ["id", "prompt", "text", "status", "error", "sections", "calls", "mode", "model",
                "generated_tokens", "latency_s"]
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 from core.eval_data import BenchRow
 from core.length import LENGTH_BUCKETS, length_bucket, length_score
 from core.scores import JUDGE_DIMENSIONS, dimension_scores, overall_score, quality_score, section_length_error
-from core.text import count_words, repetition_stats
+from core.text import count_words, cross_section_repeat, nonprose_share, repetition_stats
 
 RESULT_SCHEMA = pa.schema(
     [("id", pa.string()), ("prompt", pa.string()), ("type", pa.string()), ("language", pa.string()),
@@ -25,8 +25,9 @@ RESULT_SCHEMA = pa.schema(
     + [(d, pa.int64()) for d in JUDGE_DIMENSIONS]
     + [("s_q", pa.float64()), ("repeated_4gram_share", pa.float64()), ("longest_repeat", pa.int64()),
        ("sections", pa.int64()), ("section_error", pa.float64()), ("generated_tokens", pa.int64()),
-       ("latency_s", pa.float64()), ("mode", pa.string()), ("model", pa.string())],
-    metadata={"longwriter.eval_schema_version": "1"},
+       ("latency_s", pa.float64()), ("mode", pa.string()), ("model", pa.string()),
+       ("nonprose_share", pa.float64()), ("cross_section_repeat", pa.float64()), ("plan_check", pa.string())],
+    metadata={"longwriter.eval_schema_version": "2"},
 )
 
 
@@ -54,9 +55,22 @@ def score_rows(rows: list[BenchRow], gens: list[dict[str, Any] | None],
             "sections": len(secs), "section_error": section_length_error(secs) if status == "ok" else None,
             "generated_tokens": (g or {}).get("generated_tokens"), "latency_s": (g or {}).get("latency_s"),
             "mode": (g or {}).get("mode"), "model": (g or {}).get("model"),
+            "nonprose_share": nonprose_share(text) if status == "ok" else None,
+            "cross_section_repeat": cross_section_repeat([s.get("text") or "" for s in secs]) if secs else None,
+            "plan_check": plan_check((g or {}).get("calls") or []) if secs else None,
         }
         out.append(row)
     return out
+
+
+def plan_check(calls: list[dict[str, Any]]) -> str:
+    """How an AgentWrite document got its plan, from its call-stats notes: "fallback", "retried",
+    "named" (the instruction's named sections adopted) or "ok"."""
+    notes = [c.get("finish_reason") or "" for c in calls if c.get("kind") == "note" and c.get("step") == -1]
+    for word, label in (("fell back", "fallback"), ("retried", "retried"), ("named", "named")):
+        if any(n.startswith(word) or word in n for n in notes):
+            return label
+    return "ok"
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -89,6 +103,10 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "longest_repeat_mean": _mean([r["longest_repeat"] for r in ok]),
         "longest_repeat_max": max((r["longest_repeat"] or 0 for r in ok), default=None),
         "section_error": _mean([r["section_error"] for r in ok]),
+        "nonprose_share": _mean([r.get("nonprose_share") for r in ok]),
+        "cross_section_repeat": _mean([r.get("cross_section_repeat") for r in ok]),
+        "plan_retried": sum(r.get("plan_check") == "retried" for r in rows),
+        "plan_fallback": sum(r.get("plan_check") == "fallback" for r in rows),
     }
 
 
@@ -119,4 +137,6 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "by_bucket": group(results, "bucket"),
         "by_type": group(results, "type"),
         "by_language": group(results, "language"),
+        "by_language_bucket": {f"{lang} {b}": g for lang in sorted({r["language"] for r in results})
+                               for b, g in group([r for r in results if r["language"] == lang], "bucket").items()},
     }

@@ -68,6 +68,19 @@ def render_report(summary: dict[str, Any], results: list[dict[str, Any]]) -> str
     lines += _group_table("length bucket", summary["by_bucket"])
     lines += _group_table("type", summary["by_type"])
     lines += _group_table("language", summary["by_language"])
+    if "by_language_bucket" in summary:  # summaries written before schema 2 lack it
+        lines += _group_table("language and length bucket", summary["by_language_bucket"])
+        lines += ["## Fidelity (AgentWrite)", "",
+                  "Non-prose share: characters inside runs of one punctuation mark, letter strings far longer "
+                  "than a word or mixed-script gibberish (core.text.nonprose_spans), after clean-up. Cross-section "
+                  "repetition: share of a document's word 4-grams in sections 2..n already used by an earlier "
+                  "section. Plans: retried after failing the plan checks, or fallen back.", "",
+                  "| group | non-prose share | cross-section repetition | plans retried | plans fell back |",
+                  "|---|---:|---:|---:|---:|"]
+        for name, g in [("overall", o), *summary["by_language"].items()]:
+            lines.append(f"| {_md_cell(name)} | {fmt_pct(g.get('nonprose_share'))} | "
+                         f"{fmt_pct(g.get('cross_section_repeat'))} | {g.get('plan_retried', 0)} | {g.get('plan_fallback', 0)} |")
+        lines.append("")
     lines += ["## Quality by dimension", "", "| dimension | mean rating (1-5) | score (0-100) |", "|---|---:|---:|"]
     dims = summary["dimensions"]
     for d in JUDGE_DIMENSIONS:

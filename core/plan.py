@@ -14,6 +14,7 @@ from typing import Any
 from core import prompts
 from core.config import AgentWriteConfig
 from core.length import parse_target_length
+from core.text import line_key
 
 
 class DocumentError(RuntimeError):
@@ -94,6 +95,77 @@ def _meaningful(point: str) -> bool:
     """A point that says something: 3+ letters, or 2+ CJK characters ("引言"); not "123" or "1},{"."""
     cjk = sum("\u3400" <= ch <= "\u9fff" for ch in point)
     return cjk >= 2 or sum(ch.isalpha() for ch in point) >= 3
+
+
+# ---------------------------------------------------------------- plan checks
+
+_DEBRIS_RE = re.compile(r"[{}\[\]<>]|[A-Za-z]_[A-Za-z]|\"\s*:|^\W*$")
+
+
+def check_plan(entries: list[dict[str, Any]], instruction: str, system: str, n_min: int) -> tuple[list[dict[str, Any]], str]:
+    """(the points that are real plan points, what was wrong: "" when the plan passes).
+
+    Points go when they are JSON or markup debris ("{'1,500-word'_urban_heat_map..."), echo the
+    system prompt or most of the instruction, or repeat an earlier point once numbering,
+    punctuation and case are set aside. The plan fails when fewer than ``n_min`` points are
+    left or more than half of them went.
+    """
+    ikey, skey = line_key(instruction), line_key(system)
+    kept, seen, why = [], set(), []
+    for e in entries:
+        key = line_key(e["point"])
+        if _DEBRIS_RE.search(e["point"]):
+            why.append("debris")
+        elif len(key) >= 8 and (key in skey or (key in ikey and len(key) >= 0.6 * len(ikey)) or (ikey and ikey in key)):
+            why.append("echoes the prompt")
+        elif key in seen:
+            why.append("repeated")
+        else:
+            seen.add(key)
+            kept.append(e)
+    if not why:
+        return kept, ""
+    counts = ", ".join(f"{why.count(w)} {w}" for w in dict.fromkeys(why))
+    bad = len(kept) < n_min or len(why) > len(entries) / 2
+    return kept, (f"plan has {len(kept)} usable of {len(entries)} points ({counts})" if bad else "")
+
+
+_EN_NAMED_RE = re.compile(
+    r"\b(?:sections?|parts?|chapters?)\s*(?:on|about|covering|for|:|—|-)\s*(?P<list>[^.;:!?\n]+)", re.I)
+_ZH_NAMED_RE = re.compile(
+    r"(?:分为|分成|包括|包含)(?P<list>[^。；！？，,\n]+?)(?:[两二三四五六七八九十\d]+\s*个?)?(?:部分|章|节|方面)")
+
+
+def named_sections(instruction: str) -> list[str]:
+    """Sections the instruction names, in order: "with sections on trees, roofs, water and policy"
+    -> [trees, roofs, water, policy]; "分为起源、发展和影响三部分" -> [起源, 发展, 影响]. [] when none."""
+    m = _EN_NAMED_RE.search(instruction)
+    if m:
+        items = re.split(r"\s*,\s*(?:and\s+|or\s+)?|\s+and\s+", m.group("list").strip())
+    else:
+        m = _ZH_NAMED_RE.search(instruction)
+        if not m:
+            return []
+        items = re.split(r"[、]|以及|和|与|及", m.group("list").strip())
+    items = [" ".join(i.strip(" \"'“”‘’「」").split()) for i in items]
+    items = [i for i in items if i and len(line_key(i)) >= 2]
+    return items if len(items) >= 2 else []
+
+
+def adopt_named(entries: list[dict[str, Any]], names: list[str]) -> tuple[list[dict[str, Any]], bool]:
+    """The plan with the instruction's named sections as points, in the instruction's order, when
+    the model's plan misses any of them (a point of the model's that names one is kept for it).
+    Returns (plan, whether it changed)."""
+    def covers(point: str, name: str) -> bool:
+        return line_key(name) in line_key(point)
+
+    if not names or all(any(covers(e["point"], n) for e in entries) for n in names):
+        return entries, False
+    out = []
+    for n in names:
+        match = next((e for e in entries if covers(e["point"], n)), None)
+        out.append(dict(match) if match else {"point": n, "words": 0})
+    return out, True
 
 
 def fallback_plan(target: int, lang: str, cfg: AgentWriteConfig) -> list[dict[str, Any]]:

@@ -23,7 +23,10 @@ SCHEMA_VERSION = "1"
 class CallStat:
     """Accounting for one engine call (the plan, a section, or a continuation)."""
 
-    kind: str  # "plan" | "section" | "continue" | "direct" | "discarded" (a resampled-away answer)
+    # "plan" | "section" | "continue" | "direct" | "discarded" (a resampled-away answer) |
+    # "note": no call, a decision recorded, its text in finish_reason (a plan retried, a plan
+    # that fell back, named sections adopted, a section cut back to its band)
+    kind: str
     step: int  # section index (0-based); -1 for the plan
     prompt_tokens: int
     cached_tokens: int

@@ -127,15 +127,104 @@ def repetition_stats(text: str) -> dict[str, Any]:
     return {"tokens": n, "repeated_4gram_share": share, "longest_repeat": lo}
 
 
+def cross_section_repeat(sections: list[str]) -> float:
+    """Of all word 4-gram occurrences in sections 2..n, the share already used by an earlier
+    section: how much a long document repeats itself across its parts (0 for one section)."""
+    seen: set[tuple[str, ...]] = set()
+    hits = total = 0
+    for k, text in enumerate(sections):
+        toks = tokenize(text)[:REPETITION_MAX_TOKENS]
+        grams = [tuple(toks[i:i + _NGRAM]) for i in range(len(toks) - _NGRAM + 1)]
+        if k:
+            hits += sum(g in seen for g in grams)
+            total += len(grams)
+        seen.update(grams)
+    return hits / total if total else 0.0
+
+
 # ---------------------------------------------------------------- loops
 
 LOOP_MIN_WORDS = 60  # fewer words than this say too little about a loop
+DEGENERATE_SPAN_CHARS = 40  # a non-prose span this long stops a streaming answer
 
 
 def is_looping(text: str, guard: float) -> bool:
-    """True when ``text`` is long enough to judge and over ``guard`` of its word 4-grams repeat:
-    the check a streaming engine runs to stop a looping answer early (SamplingSpec.loop_guard)."""
-    return guard > 0 and count_words(text) >= LOOP_MIN_WORDS and repeated_4gram_share(text) > guard
+    """True when ``text`` loops or degenerates: the check a streaming engine runs to stop such an
+    answer early (SamplingSpec.loop_guard). A loop is over ``guard`` repeated word 4-grams once
+    there are enough words to judge; degeneration is a non-prose span (see :func:`nonprose_spans`)
+    of 40+ characters in the last 400 characters written."""
+    if guard <= 0:
+        return False
+    if any(b - a >= DEGENERATE_SPAN_CHARS for a, b, _ in nonprose_spans(text[-400:])):
+        return True
+    return count_words(text) >= LOOP_MIN_WORDS and repeated_4gram_share(text) > guard
+
+
+# ---------------------------------------------------------------- non-prose spans
+
+# What a small model writes when it degenerates, none of which is prose: runs of one
+# punctuation mark ("；；；；", "!!!!!"; markdown's rules and tables, "----" "====" "|" "*",
+# are left alone), strings of letters far longer than any word ("ZHANGWEILIHUAWANG..."), and
+# Latin fragments glued into Chinese many times over ("ge中Ren国xue生ba的..."). Words never
+# count inside them, and clean-up cuts them out.
+_PUNCT_RUN_RE = re.compile(r"([^\w\s\-=_|*#~`\u4e00-\u9fff])\1{3,}")
+_LETTER_RUN_RE = re.compile(r"[A-Za-z]{40,}")  # the longest English words run to about 30
+_MIXED_RE = re.compile(r"(?:[A-Za-z]{1,8}[\u3400-\u9fff]{1,3}){6,}[A-Za-z]*")
+
+
+def nonprose_spans(text: str, echoes: tuple[str, ...] = ()) -> list[tuple[int, int, str]]:
+    """Sorted, non-overlapping ``(start, end, kind)`` spans of ``text`` that are not prose.
+
+    kind is "punctuation", "letters", "mixed" or "echo": a line that repeats one of the
+    ``echoes`` (the step instruction, the plan, the system prompt) once numbering, punctuation
+    and case are set aside.
+    """
+    found = [(m.start(), m.end(), kind) for kind, rx in (("punctuation", _PUNCT_RUN_RE),
+                                                          ("letters", _LETTER_RUN_RE), ("mixed", _MIXED_RE))
+             for m in rx.finditer(text)]
+    if echoes:
+        keys = [k for k in (line_key(e) for e in echoes) if k]
+        pos = 0
+        for line in text.splitlines(keepends=True):
+            key = line_key(line)
+            if len(key) >= 8 and any(key in k for k in keys):
+                found.append((pos, pos + len(line.rstrip("\n")), "echo"))
+            pos += len(line)
+    out: list[tuple[int, int, str]] = []
+    for a, b, kind in sorted(found):
+        if out and a < out[-1][1]:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b, out[-1][2])
+            continue
+        out.append((a, b, kind))
+    return out
+
+
+def nonprose_share(text: str, echoes: tuple[str, ...] = ()) -> float:
+    """Share of the characters of ``text`` inside :func:`nonprose_spans` (0 for prose)."""
+    if not text:
+        return 0.0
+    return sum(b - a for a, b, _ in nonprose_spans(text, echoes)) / len(text)
+
+
+def drop_nonprose(text: str, echoes: tuple[str, ...] = ()) -> str:
+    """``text`` with its non-prose spans cut out (and the blank space they leave)."""
+    spans = nonprose_spans(text, echoes)
+    if not spans:
+        return text
+    parts, pos = [], 0
+    for a, b, _ in spans:
+        parts.append(text[pos:a])
+        pos = b
+    parts.append(text[pos:])
+    out = re.sub(r"[ \t]{2,}", " ", "".join(parts))
+    return re.sub(r"\n[ \t]+\n", "\n\n", out)
+
+
+def line_key(text: str) -> str:
+    """Letters, digits and CJK only, lower-cased, with any leading numbering set aside."""
+    text = re.sub(r"^\s*(?:\d+[.)、]|[-*#]+|第\s*[0-9一二三四五六七八九十]+\s*(?:部分|节|章))\s*", "", text)
+    return "".join(ch for ch in text.lower() if ch.isalnum())
 
 
 # ---------------------------------------------------------------- section clean-up
@@ -152,7 +241,8 @@ _PREAMBLE_RE = re.compile(
 # words go; what follows them on the same line stays when it reads like the section's prose.
 _STEP_ECHO_RE = re.compile(
     r"^\s*(?:write part \d+ of \d+(?: now)?\b[,:]?\s*(?:about \d+ words\b)?[,:.]?"
-    r"|现在写第\s*\d+\s*部分[^：:\n]{0,30}[：:]?)\s*", re.I)
+    r"|现在写第\s*\d+\s*部分[^：:\n]{0,30}[：:]?"
+    r"|[^\n]{0,16}?第\s*\d+\s*部分\s*[（(]\s*共\s*\d+\s*(?:部分|字)\s*[)）][^：:\n]{0,30}[：:]?)\s*", re.I)
 _RULE_ECHO_RE = re.compile(
     r"do not (?:repeat earlier parts|add a title)[^.!?\n]*[.!?]?\s*|不要重复前文[^。\n]*。?\s*|不要加标题[^。\n]*。?\s*",
     re.I)
@@ -160,9 +250,10 @@ LOOP_RATIO = 0.3  # repeated_4gram_share above this is a loop (prose stays under
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)）]*\s|[。！？][”’）」』]*")
 
 
-def clean_section(text: str) -> str:
-    """Drop "Part 3 - ..." style labels, chatty preambles and echoed instructions from a section."""
-    lines = text.strip().splitlines()
+def clean_section(text: str, echoes: tuple[str, ...] = ()) -> str:
+    """Drop "Part 3 - ..." style labels, chatty preambles, echoed instructions and non-prose spans
+    (:func:`nonprose_spans`; ``echoes`` are the prompt lines a section must not repeat)."""
+    lines = drop_nonprose(text, echoes).strip().splitlines()
     while lines and (not lines[0].strip() or _PREAMBLE_RE.match(lines[0])):
         lines.pop(0)
     kept = [ln for ln in (_strip_echo(ln) for ln in lines) if ln is not None]
@@ -195,3 +286,17 @@ def trim_to_sentence(text: str) -> str:
         return text
     cut = ends[-1].end()
     return text[:cut].rstrip() if cut >= 0.6 * len(text) else text
+
+
+def cut_to_words(text: str, max_words: int) -> str:
+    """The longest start of ``text`` that ends a sentence and has at most ``max_words`` words;
+    ``text`` itself when it is short enough or no sentence end fits (never cut mid-sentence)."""
+    if count_words(text) <= max_words:
+        return text
+    best = None
+    for m in _SENTENCE_END.finditer(text + " "):
+        head = text[:m.end()].rstrip()
+        if count_words(head) > max_words:
+            break
+        best = head
+    return best if best else text

@@ -22,10 +22,10 @@ import pytest
 
 from core import prompts
 from core.agentwrite import DEFAULT_TOKENS_PER_WORD, AgentWriter, WriteState
-from core.plan import DocumentError, parse_plan, reconcile_plan, resolve_target, section_count_range
+from core.plan import DocumentError, named_sections, parse_plan, reconcile_plan, resolve_target, section_count_range
 from core.config import AgentWriteConfig
 from core.engines.base import Engine, EngineError, GenResult, Message, SamplingSpec, check_one_input
-from core.text import clean_section, count_words, is_looping, repeated_4gram_share, trim_to_sentence
+from core.text import clean_section, count_words, nonprose_spans, is_looping, repeated_4gram_share, trim_to_sentence
 
 pytestmark = pytest.mark.timeout(60)
 CFG = AgentWriteConfig()
@@ -293,7 +293,8 @@ def test_invalid_plan_is_retried() -> None:
     assert doc.status == "ok", doc.error
     plans = eng.of("plan")
     assert len(plans) == 2 and plans[1].sampling.temperature > plans[0].sampling.temperature
-    assert [c.kind for c in doc.calls] == ["plan", "plan", "section", "section"]
+    assert [c.kind for c in doc.calls] == ["plan", "plan", "note", "section", "section"]
+    assert doc.calls[2].finish_reason == "retried 1x: plan is not valid JSON"
 
 
 @pytest.mark.parametrize("bad", ["no json here", GenResult('{"sections": [{"point": "Cut', "length")])
@@ -407,7 +408,7 @@ def test_resume_reuses_plan_and_finished_sections() -> None:
 
 def test_overshoot_is_carried_into_later_budgets() -> None:
     eng = ScriptedEngine(scripted([400] * 5, lambda c: int(c.asked * 1.4) if c.part <= 2 else c.asked))
-    doc = write(eng, length=2000)
+    doc = write(eng, length=2000, cfg=dataclasses.replace(CFG, trim_over=0))  # carry alone, no cut
     assert doc.status == "ok", doc.error
     asked = [c.asked for c in eng.of("section")]
     written = [s.words for s in doc.sections]
@@ -517,3 +518,97 @@ def test_good_answer_is_not_resampled() -> None:
     eng = ScriptedEngine(scripted([150]))
     doc = write(eng, length=150, cfg=AgentWriteConfig(resample_tries=3))
     assert [c.kind for c in doc.calls] == ["plan", "section"]
+
+
+def test_section_far_over_budget_is_cut_at_a_sentence_end() -> None:
+    eng = ScriptedEngine(scripted([150], lambda c: int(c.asked * 1.6)))
+    doc = write(eng, "Write a short note on tides.", length=150)
+    assert doc.status == "ok" and len(doc.sections) == 1
+    # 240 words written in ten-word sentences; the band is 150 x 1.1 = 165: cut back to 160.
+    assert doc.word_count == 160 and doc.text.endswith(".")
+    note = [c for c in doc.calls if c.kind == "note"]
+    assert [(c.step, c.finish_reason) for c in note] == [(0, "cut 80 words over the 150-word budget at a sentence end")]
+    assert sum(c.generated_tokens for c in note) == 0
+
+
+def test_plan_with_repeated_and_debris_points_is_retried() -> None:
+    junk = json.dumps({"sections": [{"point": "{'1,500-word'_urban_heat_map_report'", "words": 300}] * 4
+                       + [{"point": "1. The first atomic clock", "words": 300}, {"point": "The first atomic clock.", "words": 300}]})
+    answers = iter([junk, plan_json([400, 400, 400])])
+    good = scripted([400, 400, 400])
+    eng = ScriptedEngine(lambda c: next(answers) if c.kind == "plan" else good(c))
+    doc = write(eng, length=1200)
+    assert doc.status == "ok" and len(eng.of("plan")) == 2
+    assert [p["point"] for p in doc.plan] == [f"Point number {tag(i)}" for i in range(3)]
+    note = next(c for c in doc.calls if c.kind == "note")
+    assert note.finish_reason == "retried 1x: plan has 1 usable of 6 points (4 debris, 1 repeated)"
+
+
+def test_named_sections_become_the_plan_in_order() -> None:
+    instruction = "Write a 1,600-word report on urban heat with sections on trees, roofs, water and policy."
+    answer = json.dumps({"sections": [{"point": "Why roofs matter", "words": 800}, {"point": "Cooling cities", "words": 800}]})
+    good = scripted([400] * 4)
+    eng = ScriptedEngine(lambda c: answer if c.kind == "plan" else good(c))
+    doc = write(eng, instruction)
+    assert doc.status == "ok"
+    assert [p["point"] for p in doc.plan] == ["trees", "Why roofs matter", "water", "policy"]
+    assert sum(p["words"] for p in doc.plan) == 1600
+    assert any(c.kind == "note" and c.finish_reason == "named sections adopted" for c in doc.calls)
+
+
+def test_unplannable_prompt_with_named_sections_falls_back_to_them() -> None:
+    eng = ScriptedEngine(lambda c: "no plan here" if c.kind == "plan" else "秋天来了，树叶变黄。" * 20)
+    doc = write(eng, "写一篇关于茶文化的文章，分为起源、发展和影响三部分。", length=900)
+    assert doc.status == "ok" and [p["point"] for p in doc.plan] == ["起源", "发展", "影响"]
+    assert any(c.kind == "note" and c.finish_reason.startswith("fell back to the named sections") for c in doc.calls)
+
+
+@pytest.mark.parametrize("instruction, names", [
+    ("Write a guide with four parts: setup, usage, tuning, and troubleshooting.", ["setup", "usage", "tuning", "troubleshooting"]),
+    ("An essay in sections on the past and the future.", ["the past", "the future"]),
+    ("写一篇文章，包括历史、现状以及未来三个方面。", ["历史", "现状", "未来"]),
+    ("Write 500 words about cats.", []),
+    ("Write the part about the storm.", []),  # one name is not a list of sections
+])
+def test_named_sections(instruction: str, names: list[str]) -> None:
+    assert named_sections(instruction) == names
+
+
+def test_echoed_prompt_lines_and_junk_neither_ship_nor_count() -> None:
+    junk = "；" * 30 + "ZHANGWEILIHUAWANGFANGLIUYANGCHENJINGZHAOLEIHUANGMIN"
+
+    def script(c: Call) -> str:
+        if c.kind == "plan":
+            return plan_json([300, 300])
+        return f"Point number {tag(c.part - 1)}\n" + prose(c.asked, tag(c.part - 1)) + "\n" + junk
+
+    doc = write(ScriptedEngine(script), length=600)
+    assert doc.status == "ok" and doc.word_count == 600, doc.word_count
+    assert "Point number" not in doc.text and "；；" not in doc.text and "ZHANG" not in doc.text
+
+
+def test_real_instructions_have_no_nonprose_spans_and_few_named_lists() -> None:
+    from conftest import LONGBENCH
+
+    prompts_ = [json.loads(line)["prompt"] for line in (LONGBENCH / "longbench_write.jsonl").open(encoding="utf-8")]
+    assert len(prompts_) == 120
+    assert [p for p in prompts_ if nonprose_spans(p)] == []
+    assert [p for p in prompts_ if named_sections(p)] == []  # none of the 120 names a section list
+
+
+@pytest.mark.parametrize("text, kinds", [
+    ("秋天来了。；；；；；；后来", ["punctuation"]),
+    ("Fine prose. " + "QWERTYUIOPASDFGHJKLZXCVBNMQWERTYUIOPASDFGH" + " more.", ["letters"]),
+    ("正文。ge中Ren国xue生ba的ma好zi了ka在", ["mixed"]),
+    ("Wait... really?! Yes -- and ---- and ==== and | a | b |.", []),  # ellipses and markdown stay
+    ("使用Python和Java以及C语言编写。", []),
+    ("……他说。", []),
+])
+def test_nonprose_spans(text: str, kinds: list[str]) -> None:
+    assert [k for _, _, k in nonprose_spans(text)] == kinds
+
+
+def test_loop_guard_stops_degenerate_text_early() -> None:
+    assert not is_looping("Short prose. " * 3, 0.3)
+    assert is_looping("Short prose. " * 3 + "；" * 45, 0.3)
+    assert not is_looping("Short prose. " * 3 + "；" * 45, 0.0)  # the guard off is off

@@ -220,3 +220,30 @@ def test_section_length_error():
     objs = [Section(index=0, point="a", budget=400, text="x", words=300)]
     assert section_length_error(objs) == pytest.approx(0.25)
     assert section_length_error([{"budget": 0, "words": 5}]) is None
+
+
+def test_evaluation_reports_fidelity_per_language_bucket() -> None:
+    """Scored rows carry non-prose share, cross-section repetition and the plan's history, and
+    the report tables them with S_l per language and length bucket."""
+    from core.eval_data import BenchRow
+    from core.eval_metrics import score_rows, summarize
+    from core.eval_report import render_report
+
+    rows = [BenchRow("a", "Write 40 words.", 40, None, "en"), BenchRow("b", "写三十字。", 30, None, "zh")]
+    part = "Tides rise and fall twice a day because the moon pulls the sea toward it as it passes."
+    gens = [
+        {"id": "a", "text": part + " " + part, "status": "ok", "sections": [{"text": part}, {"text": part}],
+         "calls": [{"kind": "note", "step": -1, "finish_reason": "retried 1x: plan is not valid JSON"}]},
+        {"id": "b", "text": "秋天来了，树叶黄了。" * 3 + "；" * 10, "status": "ok", "sections": [{"text": "秋天来了。"}],
+         "calls": [{"kind": "note", "step": -1, "finish_reason": "fell back to an even plan: no plan"}]},
+    ]
+    res = score_rows(rows, gens, {})
+    assert res[0]["cross_section_repeat"] == 1.0 and res[0]["nonprose_share"] == 0.0
+    assert res[0]["plan_check"] == "retried" and res[1]["plan_check"] == "fallback"
+    assert 0.2 < res[1]["nonprose_share"] < 0.3  # 10 of 40 characters are one mark repeated
+    summary = summarize(res)
+    assert set(summary["by_language_bucket"]) == {"en [0,500)", "zh [0,500)"}
+    summary.update(run_id="r", mode="agentwrite", model="m", judge_model=None, bench="b.jsonl", generations="g",
+                   generations_reused=False, finished_at="now", seconds={"generate": 1.0, "judge": 0.0})
+    report = render_report(summary, res)
+    assert "## By language and length bucket" in report and "| overall | 12.5% | 50.0% | 1 | 1 |" in report and "| en | 0.0% | 100.0% | 1 | 0 |" in report
