@@ -33,8 +33,8 @@ from core.errors import one_line
 from core.plan import (DocumentError, adopt_named, check_plan, fallback_plan, named_sections, parse_plan,
                         plan_schema, reconcile_plan, resolve_target, section_count_range)
 from core.records import CallStat, Document, Section
-from core.text import (LOOP_RATIO, clean_section, count_words, cut_to_words, detect_language, repeated_4gram_share,
-                       trim_to_sentence)
+from core.text import (LOOP_RATIO, clean_section, count_words, cut_to_words, detect_language, first_sentence,
+                       repeated_4gram_share, trim_to_sentence)
 
 DEFAULT_TOKENS_PER_WORD = {"en": 1.4, "zh": 1.6}
 EventFn = Callable[[str, Document], Any]
@@ -198,8 +198,10 @@ class AgentWriter:
         plan = "\n".join(prompts.PLAN_LINE[lang].format(k=i + 1, point=p["point"], words=p["words"])
                          for i, p in enumerate(doc.plan))
         text = prompts.OUTLINE[lang].format(instruction=doc.prompt, target=doc.target_words, plan=plan)
-        if dropped:
-            text += "\n\n" + prompts.OMITTED[lang].format(k=dropped)
+        if dropped:  # what left the window stays as a recap, so later parts do not repeat it
+            recap = [prompts.RECAP_LINE[lang].format(k=s.index + 1, gist=first_sentence(s.text))
+                     for s in doc.sections[:dropped]]
+            text += "\n\n" + prompts.OMITTED[lang].format(k=dropped) + "\n" + "\n".join(recap)
         return text
 
     def _messages(self, doc: Document, history: list[list[Message]], dropped: int) -> list[Message]:

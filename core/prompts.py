@@ -53,9 +53,11 @@ CONTINUE = {
 }
 
 OMITTED = {
-    "en": "(Parts 1 to {k} are already written; only the latest parts are shown below.)",
-    "zh": "（第 1 至 {k} 部分已写完，下面只显示最近的部分。）",
+    "en": "(Parts 1 to {k} are already written; only the latest parts are shown below. "
+          "How each of them began, so you do not repeat them:)",
+    "zh": "（第 1 至 {k} 部分已写完，下面只显示最近的部分。它们各自的开头如下，请勿重复：）",
 }
+RECAP_LINE = {"en": "Part {k}: {gist}", "zh": "第 {k} 部分：{gist}"}
 
 # Points of the fallback plan (opening, middle parts, closing) when the model cannot plan.
 FALLBACK_POINTS = {

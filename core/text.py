@@ -300,3 +300,15 @@ def cut_to_words(text: str, max_words: int) -> str:
             break
         best = head
     return best if best else text
+
+
+def first_sentence(text: str, max_chars: int = 160) -> str:
+    """The first sentence of ``text`` (at most ``max_chars``, cut at a space where there is one):
+    an extractive recap of a section that has left the context window."""
+    text = " ".join(text.split())
+    m = _SENTENCE_END.search(text + " ")
+    head = text[:m.end()].strip() if m else text
+    if len(head) > max_chars:
+        cut = head[:max_chars]
+        head = (cut.rsplit(" ", 1)[0] if " " in cut[max_chars // 2:] else cut) + "…"
+    return head

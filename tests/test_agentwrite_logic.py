@@ -359,6 +359,7 @@ def test_window_drops_early_sections_and_fits_the_context() -> None:
     secs = eng.of("section")
     assert len(secs) == 10
     omitted_re = re.escape(prompts.OMITTED["en"]).replace(r"\{k\}", r"(\d+)")
+    first = {j: doc.sections[j].text.split(".")[0] + "." for j in range(10)}
     dropped = []
     for c in secs:
         assert eng.count_tokens(c.messages) + c.sampling.max_tokens + CFG.context_margin <= eng.max_model_len
@@ -369,6 +370,8 @@ def test_window_drops_early_sections_and_fits_the_context() -> None:
         dropped.append(int(m.group(1)) if m else 0)
         body = "".join(m["content"] for m in c.messages[2:] if m["role"] == "assistant")
         assert all(tag(j) not in body for j in range(dropped[-1]))  # dropped parts really are gone
+        # ... except for a recap of how each began, beside the outline
+        assert all(f"Part {j + 1}: {first[j]}" in first_user["content"] for j in range(dropped[-1]))
     assert dropped[0] == 0 and dropped[-1] > 0 and dropped == sorted(dropped)
     for k in range(1, 10):  # between drops the prompt still grows by extension (prefix cache)
         if dropped[k] == dropped[k - 1]:
