@@ -160,6 +160,10 @@ class GenerateConfig:
     doc_retries: int = _f(2, "extra attempts for a document whose engine calls failed")
     shared_output: bool = _f(False, "a local --output is a folder every node of a multi-machine cluster mounts "
                                     "(NFS, Lustre); without it such an output is refused")
+    table: str | None = _f(None, "also commit each finished run to this Apache Iceberg table, NAMESPACE.NAME "
+                                 "(rows keyed on run_id and id; needs --catalog)")
+    catalog: str | None = _f(None, "the table's catalog: sqlite:///PATH.db (local), an http(s):// REST catalog, or glue")
+    warehouse: str | None = _f(None, "where a new table's files go, a folder or s3:// prefix (required with a SQLite catalog)")
     lock_ttl_s: float = _f(120.0, "a run's writer renews its _LOCK lease every quarter of this; a lease older than "
                                   "this belongs to a dead job and is taken over", ge=1)
 

@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from core import credentials, reconcile, run_lock, storage
+from core import credentials, lake, reconcile, run_lock, storage
 from core.config import AgentWriteConfig, EngineConfig, GenerateConfig, StorageConfig, check_config
 from core.engines import check_source
 from core.engines.vllm_args import resolve_device
@@ -95,6 +95,7 @@ def run_generate(gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWriteConfi
     if gcfg.limit is not None:
         good = good[: gcfg.limit]
     run_id = gcfg.run_id or default_run_id(gcfg, ecfg)
+    table = _open_table(gcfg, scfg)  # before any work: a bad catalog is a one-line error now
     root = storage.resolve(gcfg.output, scfg)
     run = root.join(f"run_id={run_id}")
     state = root.join("_state", f"run_id={run_id}")
@@ -119,8 +120,22 @@ def run_generate(gcfg: GenerateConfig, ecfg: EngineConfig, acfg: AgentWriteConfi
         _drop_stale_state(state, todo)  # the markers go; state of documents that failed stays for their retry
         summary = _summarize(run, run_id, gcfg, ecfg, time.time() - t0, len(good) + len(bad))
         summary["reused"] = plan.reused
+        if table is not None:  # the run's rows, as the folder now holds them, in one table commit
+            files = storage.list_files(run, ".parquet")
+            parts = (pads.dataset([f], filesystem=run.fs, format="parquet").to_table() for f in files)
+            summary["table"] = {"name": gcfg.table, **lake.commit_run(table, run_id, parts)}
         storage.write_bytes(run.join("_SUCCESS"), redact(json.dumps(summary, indent=1, default=str)).encode())
         return summary
+
+
+def _open_table(gcfg: GenerateConfig, scfg: StorageConfig) -> Any:
+    if not gcfg.table:
+        if gcfg.catalog or gcfg.warehouse:
+            raise ValueError("--catalog and --warehouse go with --table NAMESPACE.NAME")
+        return None
+    if not gcfg.catalog:
+        raise ValueError("--table needs --catalog (sqlite:///PATH.db, an http(s):// REST catalog, or glue)")
+    return lake.open_table(gcfg.table, gcfg.catalog, gcfg.warehouse, scfg)
 
 
 def _drop_stale_state(state: storage.Location, todo: list) -> None:
@@ -281,7 +296,8 @@ def print_summary(s: dict[str, Any]) -> None:
         ("run", s["run_id"]), ("output", s["output"]), ("documents", s["documents"]), ("ok", s["ok"]),
         ("failed", s["failed"]), ("words (ok docs)", s["words"]), ("generated tokens", s["generated_tokens"]),
         ("wall seconds (this call)", s["seconds"]), ("files", len(s["files"])),
-    ]
+    ] + ([("table", f"{s['table']['name']}: {s['table']['rows']} rows of this run, snapshot "
+                    f"{s['table']['snapshot_id']}")] if s.get("table") else [])
     w = max(len(k) for k, _ in lines)
     print("\n".join(f"{k:<{w}}  {v}" for k, v in lines))
     for e in s["errors"][:20]:
