@@ -7,7 +7,7 @@ Pairs come from ``longwriter make-pairs`` (``ray_jobs.pairs.PAIRS_SCHEMA``: prom
 rejected, ...). Each becomes a conversational DPO example (user prompt; assistant chosen /
 rejected), rendered by the model's chat template on the workers. The reference model is the
 base model itself (``ref_model=None``: trl loads a frozen copy, or disables the adapter with
-``--lora``). Pairs longer than ``--max-length`` tokens are dropped or truncated (``--on-too-long``).
+``--lora``). Pairs longer than ``--max-length`` tokens are dropped and counted (never truncated: see prepare_dpo_data).
 
 Checkpoints, resume (worker failure or rerunning the same command), and the export to
 ``OUTPUT/model`` work exactly as for ``longwriter sft`` (``ray_jobs.train_worker``). The summary
@@ -51,6 +51,10 @@ def read_pairs(cfg: DPOJobConfig, scfg: StorageConfig | None) -> list[dict[str, 
 
 def prepare_dpo_data(cfg: DPOJobConfig, rows: list[dict[str, str]], tok: Any) -> tuple[pa.Table, dict[str, Any]]:
     """Conversational DPO rows within --max-length, and counts for the summary."""
+    if cfg.on_too_long != "drop":
+        raise DataError("--on-too-long truncate is not offered for DPO: the trainer would cut prompt+chosen and "
+                        "prompt+rejected separately, removing exactly the tails where they differ; over-long pairs "
+                        "are dropped (raise --max-length to keep them)")
     out, too_long = [], 0
     for r in rows:
         prompt = [{"role": "user", "content": r["prompt"]}]

@@ -1,4 +1,4 @@
-"""Preference pairs for DPO: sample k outputs per instruction, rank them, keep best vs worst.
+"""Preference pairs for DPO: sample k outputs per instruction, score them, keep the best vs one of the rest.
 
     longwriter make-pairs --input prompts.jsonl --output s3://bucket/pairs --samples 4
     longwriter make-pairs --input prompts.jsonl --output pairs.parquet --model ./sft/model \\
@@ -8,10 +8,12 @@ Each instruction (JSONL/Parquet, as for ``generate``) is written ``--samples`` t
 generation machinery (``core.agentwrite``: ``direct`` one-call or ``agentwrite`` plan+sections)
 on one engine in this process, many generations in flight (asyncio; no Ray needed). Each
 sample's score is the LongBench-Write length score S_l against the target; with a judge
-(``--judge-model`` / ``--judge-endpoint``) it is (S_l + S_q) / 2. The best sample is
-``chosen``, the worst ``rejected``; instructions whose spread is under ``--min-margin``, or with
-fewer than two usable samples, are skipped and counted. Output: one Parquet file with
-:data:`PAIRS_SCHEMA`.
+(``--judge-model`` / ``--judge-endpoint``) it is (S_l + S_q) / 2, and without one the command
+warns that the pairs teach length only. The best sample that may be chosen (not cut at
+``max_tokens``, not looping: core.preference) is ``chosen``; ``rejected`` is drawn at random,
+as LongWriter does, from the samples at least ``--min-margin`` below it. Instructions with no
+such pair, or fewer than two usable samples, are skipped and counted. Output: one Parquet file
+with :data:`PAIRS_SCHEMA`.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from core.agentwrite import AgentWriter
 from core.config import AgentWriteConfig, EngineConfig, StorageConfig
 from core.eval_judge import judge_engine_config
 from core.inputs import PromptRow, read_prompts
-from core.length import length_score
 from core.records import Document
-from core.scores import judge_document, quality_score
+from core.preference import chosen_problem, sample_score, select_pair
+from core.scores import judge_document
 from core.train_config import PairsConfig
 from ray_jobs import console
 
@@ -61,7 +63,7 @@ SECTIONS = {"pairs": PairsConfig, "engine": EngineConfig, "agentwrite": AgentWri
 def register(sub: argparse._SubParsersAction) -> None:
     from ray_jobs.cli import add_job_parser
 
-    add_job_parser(sub, "make-pairs", "preference pairs for DPO: k samples per prompt, best vs worst by length score",
+    add_job_parser(sub, "make-pairs", "preference pairs for DPO: k samples per prompt, the best vs one drawn from the rest",
                    __doc__, SECTIONS, run)
 
 
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     s = run_make_pairs(pcfg, ecfg, acfg, scfg)
     print(f"pairs {s['pairs']} from {s['prompts']} prompts x {pcfg.samples} samples "
           f"(skipped: {s['skipped_few_samples']} with < 2 usable samples, {s['skipped_small_margin']} under "
-          f"--min-margin {pcfg.min_margin}); mean score chosen {s['mean_chosen_score']:.1f} vs rejected "
+          f"--min-margin {pcfg.min_margin}, {s['skipped_no_chosen']} where every sample was cut or looping); "
+          f"ranked by {s['signal']}; mean score chosen {s['mean_chosen_score']:.1f} vs rejected "
           f"{s['mean_rejected_score']:.1f}; {s['seconds']:.0f} s\n  {s['output']}")
     return 0
 
@@ -84,11 +87,6 @@ def output_location(uri: str, scfg: StorageConfig | None) -> storage.Location:
 
 def pairs_table(pairs: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(pairs, schema=PAIRS_SCHEMA)
-
-
-def sample_score(doc: Document, judgment: dict[str, int] | None) -> float:
-    s_l = length_score(doc.target_words, doc.word_count)
-    return s_l if not judgment else (s_l + quality_score([judgment])) / 2.0
 
 
 async def make_pairs(rows: list[PromptRow], engine: Any, pcfg: PairsConfig, acfg: AgentWriteConfig | None = None,
@@ -114,19 +112,21 @@ async def make_pairs(rows: list[PromptRow], engine: Any, pcfg: PairsConfig, acfg
         return doc, judgment
 
     results = await asyncio.gather(*(sample(r, j) for r in rows for j in range(pcfg.samples)))
-    pairs, stats = [], {"skipped_few_samples": 0, "skipped_small_margin": 0, "failed_samples": 0}
+    pairs: list[dict[str, Any]] = []
+    stats = {"skipped_few_samples": 0, "skipped_small_margin": 0, "skipped_no_chosen": 0, "failed_samples": 0,
+             "not_choosable_samples": 0}
+    skip = {"few samples": "skipped_few_samples", "small margin": "skipped_small_margin",
+            "no sample may be chosen": "skipped_no_chosen"}
     for i, row in enumerate(rows):
         group = results[i * pcfg.samples:(i + 1) * pcfg.samples]
         usable = [(sample_score(d, j), d) for d, j in group if d.status == "ok" and d.word_count > 0]
         stats["failed_samples"] += len(group) - len(usable)
-        if len(usable) < 2:
-            stats["skipped_few_samples"] += 1
+        stats["not_choosable_samples"] += sum(chosen_problem(d) is not None for _, d in usable)
+        pair, why = select_pair(usable, pcfg.min_margin, row.id)
+        if pair is None:
+            stats[skip[why]] += 1
             continue
-        usable.sort(key=lambda t: t[0])
-        (lo, worst), (hi, best) = usable[0], usable[-1]
-        if hi - lo < pcfg.min_margin:
-            stats["skipped_small_margin"] += 1
-            continue
+        (hi, best), (lo, worst) = pair
         pairs.append({"id": row.id, "prompt": row.prompt, "chosen": best.text, "rejected": worst.text,
                       "chosen_score": round(hi, 3), "rejected_score": round(lo, 3),
                       "chosen_words": best.word_count, "rejected_words": worst.word_count,
@@ -157,6 +157,10 @@ def run_make_pairs(pcfg: PairsConfig, ecfg: EngineConfig, acfg: AgentWriteConfig
         raise ValueError(f"no valid prompts in {pcfg.input} ({len(bad)} bad rows)")
     storage.info(out)  # fail on unreachable output storage before generating anything
     print(f"[make-pairs] {len(good)} prompts x {pcfg.samples} samples ({len(bad)} bad rows skipped)", file=console.stream())
+    signal = "length and quality" if (judge is not None or pcfg.judge_model or pcfg.judge_endpoint) else "length only"
+    if signal == "length only":
+        print("[make-pairs] WARNING: no judge (--judge-model / --judge-endpoint): samples are ranked by the length "
+              "score alone, so the pairs teach length, not quality", file=console.stream())
 
     async def go() -> tuple[list[dict[str, Any]], dict[str, int]]:
         from core.engines import build_engine
@@ -183,7 +187,7 @@ def run_make_pairs(pcfg: PairsConfig, ecfg: EngineConfig, acfg: AgentWriteConfig
     storage.write_parquet(out, pairs_table(pairs))
     cs = [p["chosen_score"] for p in pairs]
     rs = [p["rejected_score"] for p in pairs]
-    return {"output": out.uri, "prompts": len(good), "bad_rows": len(bad), "pairs": len(pairs), **stats,
+    return {"output": out.uri, "prompts": len(good), "bad_rows": len(bad), "pairs": len(pairs), "signal": signal, **stats,
             "mean_chosen_score": sum(cs) / len(cs) if cs else 0.0,
             "mean_rejected_score": sum(rs) / len(rs) if rs else 0.0, "seconds": time.time() - t0}
 

@@ -247,3 +247,31 @@ def test_evaluation_reports_fidelity_per_language_bucket() -> None:
                    generations_reused=False, finished_at="now", seconds={"generate": 1.0, "judge": 0.0})
     report = render_report(summary, res)
     assert "## By language and length bucket" in report and "| overall | 12.5% | 50.0% | 1 | 1 |" in report and "| en | 0.0% | 100.0% | 1 | 0 |" in report
+
+
+def test_preference_pairs_never_choose_a_cut_or_looping_sample() -> None:
+    """A loop run to twice the target scores S_l 66.7 and an honest answer at half the target 0;
+    by length alone the loop would be chosen. It may be rejected, never chosen."""
+    from core.preference import chosen_problem, sample_score, select_pair
+    from core.records import CallStat, Document
+
+    def doc(words: int, text: str, finish: str = "stop", mode: str = "direct") -> Document:
+        d = Document(id="x", prompt="p", target_words=100, target_source="row", text=text, word_count=words, mode=mode)
+        d.calls = [CallStat("direct" if mode == "direct" else "section", 0, 1, 0, words, 0.1, finish)]
+        return d
+
+    honest = doc(100, " ".join(f"w{i}x" for i in range(100)))
+    loop = doc(200, "the tide comes in again " * 40)
+    cut = doc(90, " ".join(f"c{i}y" for i in range(90)), finish="length")
+    half = doc(50, " ".join(f"h{i}z" for i in range(50)))
+    assert (chosen_problem(honest), chosen_problem(loop), chosen_problem(cut)) == (None, "loops", "cut at max_tokens")
+    assert chosen_problem(doc(90, cut.text, finish="length", mode="agentwrite")) is None  # sections are trimmed
+    assert chosen_problem(doc(90, honest.text, finish="loop", mode="agentwrite")) == "stopped as a loop"
+    scored = [(sample_score(d, None), d) for d in (loop, cut, half, honest)]
+    pair, why = select_pair(scored, 5.0, "id-1")
+    assert why == "" and pair[0][1] is honest and pair[1][1] in (loop, cut, half)
+    drawn = {id(select_pair(scored, 5.0, f"id-{k}")[0][1][1]) for k in range(40)}
+    assert drawn == {id(loop), id(cut), id(half)}  # drawn from the rest, not always the worst
+    assert select_pair(scored[:2], 5.0, "k") == (None, "no sample may be chosen")
+    assert select_pair([(100.0, honest), (98.0, half)], 5.0, "k") == (None, "small margin")
+    assert select_pair([(100.0, honest)], 5.0, "k") == (None, "few samples")

@@ -133,7 +133,8 @@ def test_make_pairs_ranks_by_length_score(tmp_path):
             words = (5, 60, 200)[self.calls % 3]
             self.calls += 1
             await asyncio.sleep(0)
-            return GenResult(text=" ".join(["word"] * words) + ".", finish_reason="stop", prompt_tokens=10,
+            text = " ".join("".join(chr(97 + (k // 26 ** p) % 26) for p in range(3)) for k in range(words))
+            return GenResult(text=text + ".", finish_reason="stop", prompt_tokens=10,  # distinct words: no loop
                              generated_tokens=words)
 
         def count_tokens(self, messages):
@@ -151,9 +152,11 @@ def test_make_pairs_ranks_by_length_score(tmp_path):
     assert engine.calls == 12 and s["pairs"] == 4 and s["bad_rows"] == 1
     t = pq.read_table(tmp_path / "pairs" / "pairs.parquet")
     assert t.schema.equals(PAIRS_SCHEMA, check_metadata=False)
-    for r in t.to_pylist():
-        assert (r["chosen_words"], r["rejected_words"], r["target_words"]) == (60, 5, 60)
+    assert s["signal"] == "length only"
+    for r in t.to_pylist():  # the on-target answer is chosen; the rejected one is drawn from the other two
+        assert r["chosen_words"] == 60 and r["rejected_words"] in (5, 200) and r["target_words"] == 60
         assert r["chosen_score"] == 100.0 and r["chosen_score"] > r["rejected_score"]
+    assert len({r["rejected_words"] for r in t.to_pylist()}) == 2  # 4 draws, seeded per id, hit both here
 
 
 # ---------------------------------------------------------------- bad input: one-line errors from the CLI
