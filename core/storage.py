@@ -14,7 +14,7 @@ import re
 import posixpath
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 import pyarrow as pa
@@ -41,16 +41,25 @@ class Location:
     fs: pafs.FileSystem
     path: str  # filesystem path (bucket/key for S3)
     uri: str
+    cfg: StorageConfig | None = field(default=None, compare=False, repr=False)  # S3: for boto3 calls
 
     def join(self, *parts: str) -> "Location":
         p = posixpath.join(self.path, *parts)
-        return Location(self.fs, p, posixpath.join(self.uri, *parts))
+        return Location(self.fs, p, posixpath.join(self.uri, *parts), self.cfg)
+
+
+def _s3_endpoint(cfg: StorageConfig) -> str | None:
+    return cfg.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def _s3_region(cfg: StorageConfig) -> str:
+    return cfg.s3_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 def s3_filesystem(cfg: StorageConfig | None = None) -> pafs.S3FileSystem:
     cfg = cfg or StorageConfig()
-    endpoint = cfg.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    kw: dict = {"region": cfg.s3_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    endpoint = _s3_endpoint(cfg)
+    kw: dict = {"region": _s3_region(cfg)}
     if endpoint:
         scheme = "https"
         if "://" in endpoint:
@@ -89,7 +98,7 @@ def resolve(uri: str, cfg: StorageConfig | None = None) -> Location:
             raise StorageError(f"S3 URI {uri!r}: {bucket!r} is not a valid bucket name "
                                f"(3-63 characters: lowercase letters, digits, dots, hyphens)")
         path = f"{bucket}/{key}".rstrip("/")
-        return Location(s3_filesystem(cfg), path, f"s3://{path}")
+        return Location(s3_filesystem(cfg), path, f"s3://{path}", cfg or StorageConfig())
     if m and scheme == "file":
         if m.group(2) not in ("//", "///"):
             raise StorageError(f"malformed file URI {uri!r}: write file:///absolute/path or a plain path")
@@ -226,3 +235,61 @@ def delete(loc: Location) -> None:
         if "not found" not in str(e).lower() and "NoSuchKey" not in str(e):
             raise
 
+
+
+# ---------------------------------------------------------------- conditional writes (S3)
+# pyarrow.fs has no conditional create, so these go through boto3: S3's If-None-Match: * (create
+# only when absent) and If-Match: ETAG (replace only the version read), which AWS S3, MinIO and
+# moto honour. A store that answers NotImplemented raises ConditionalUnsupported.
+
+
+class ConditionalUnsupported(StorageError):
+    """This store does not do conditional writes."""
+
+
+def _s3_client(loc: Location):  # noqa: ANN202 - a boto3 client
+    import boto3
+    from botocore.config import Config
+
+    cfg = loc.cfg or StorageConfig()
+    kw = {"region_name": _s3_region(cfg), "endpoint_url": _s3_endpoint(cfg),
+          "config": Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=10, read_timeout=60)}
+    if cfg.s3_access_key and cfg.s3_secret_key:
+        kw.update(aws_access_key_id=cfg.s3_access_key, aws_secret_access_key=cfg.s3_secret_key)
+    return boto3.client("s3", **kw)
+
+
+def read_with_etag(loc: Location) -> tuple[bytes, str] | None:
+    """(content, ETag) of an S3 object, None when it does not exist."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = loc.path.partition("/")
+    try:
+        r = _s3_client(loc).get_object(Bucket=bucket, Key=key)
+        return r["Body"].read(), r["ETag"]
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise StorageError(f"cannot read {loc.uri}: {one_line(e)}") from None
+    except BotoCoreError as e:
+        raise StorageError(f"cannot read {loc.uri}: {one_line(e)}") from None
+
+
+def put_if(loc: Location, data: bytes, etag: str | None = None) -> str | None:
+    """Write an S3 object only if it is absent (``etag`` None) or still at ``etag``.
+    Returns the new ETag, or None when the condition failed (another writer got there first)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = loc.path.partition("/")
+    cond = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+    try:
+        return _s3_client(loc).put_object(Bucket=bucket, Key=key, Body=data, **cond)["ETag"]
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409", "NoSuchKey"):
+            return None
+        if code in ("NotImplemented", "501"):
+            raise ConditionalUnsupported(f"{loc.uri}: the store does not do conditional writes") from None
+        raise StorageError(f"cannot write {loc.uri}: {one_line(e)}") from None
+    except BotoCoreError as e:
+        raise StorageError(f"cannot write {loc.uri}: {one_line(e)}") from None
