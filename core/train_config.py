@@ -35,6 +35,8 @@ class TrainJobConfig:
     gradient_accumulation: int = _f(1, "micro-batches per optimizer step (global batch = workers x batch x this)", ge=1)
     max_length: int = _f(2048, f"most tokens per sequence (up to {MAX_TRAIN_LENGTH}); see --on-too-long", ge=16, le=MAX_TRAIN_LENGTH)
     on_too_long: str = _f("drop", "sequences over --max-length: drop them, or truncate them (keeping the start)", choices=("drop", "truncate"))
+    max_drop_share: float = _f(0.5, "stop before training when more than this share of the corpus is over --max-length "
+                                    "(dropping that much is a --max-length too small for the corpus, not a filter)", le=1)
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (long sequences, less memory)")
     lora: bool = _f(False, "train LoRA adapters instead of all weights (the exported model has them merged)")
     lora_r: int = _f(16, "LoRA rank", ge=1)

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from core.config import StorageConfig
 from core.train_config import DPOJobConfig
-from ray_jobs.train_data import DataError, chat_ids, load_tokenizer, read_parquet, resolve_model_path
+from ray_jobs.train_data import DataError, chat_ids, check_drop_share, load_tokenizer, read_parquet, resolve_model_path
 from ray_jobs.train_launch import register_job, run_training
 from ray_jobs import console
 
@@ -69,6 +69,7 @@ def prepare_dpo_data(cfg: DPOJobConfig, rows: list[dict[str, str]], tok: Any) ->
     if too_long:
         print(f"[dpo] {too_long} of {len(rows)} pairs are longer than --max-length {cfg.max_length} tokens: {verb}",
               file=console.stream())
+    check_drop_share("dpo", too_long, len(rows), cfg)
     if not out:
         raise DataError(f"no pairs left: all {len(rows)} are longer than --max-length {cfg.max_length} tokens")
     return pa.Table.from_pylist(out, schema=DPO_DATA_SCHEMA), {

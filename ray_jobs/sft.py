@@ -26,7 +26,7 @@ import pyarrow.dataset as pads
 
 from core.config import StorageConfig
 from core.train_config import SFTJobConfig
-from ray_jobs.train_data import DataError, chat_ids, common_prefix, load_tokenizer, read_parquet, resolve_model_path
+from ray_jobs.train_data import DataError, chat_ids, check_drop_share, common_prefix, load_tokenizer, read_parquet, resolve_model_path
 from ray_jobs.train_launch import register_job, run_training
 from ray_jobs import console
 
@@ -103,6 +103,7 @@ def tokenize_corpus(convs: list[list[dict[str, str]]], cfg: SFTJobConfig, tok: A
     if too_long:
         print(f"[sft] {too_long} of {len(convs)} sequences are longer than --max-length {cfg.max_length} "
               f"tokens: {verb}", file=console.stream())
+    check_drop_share("sft", too_long, len(convs), cfg)
     if not out_ids:
         raise DataError(f"no training sequences left: all {len(convs)} are longer than --max-length {cfg.max_length} "
                         f"tokens (raise it or use --on-too-long truncate)")

@@ -68,3 +68,11 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def check_drop_share(job: str, dropped: int, total: int, cfg: Any) -> None:
+    """A --max-length that drops most of the corpus is a mistake to stop on, not a filter."""
+    if cfg.on_too_long == "drop" and total and dropped / total > cfg.max_drop_share:
+        raise DataError(f"{dropped} of {total} {job} rows ({100 * dropped / total:.0f}%) are longer than --max-length "
+                        f"{cfg.max_length} tokens and would be dropped (more than --max-drop-share "
+                        f"{cfg.max_drop_share:g}): raise --max-length")

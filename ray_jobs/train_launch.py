@@ -94,8 +94,12 @@ def run_training(job: str, cfg: TrainJobConfig, scfg: StorageConfig, table: pa.T
                    "model_path": model_path, "builder": builder, "run_name": run_name,
                    "credentials": credentials.capture()}
     trainer = _torch_trainer(cfg, out, run_name, loop_config)
+    per_step = cfg.num_workers * cfg.per_device_batch_size * cfg.gradient_accumulation
+    unit = f"packed rows of up to {cfg.max_length} tokens" if getattr(cfg, "packing", False) else "sequences"
     print(f"[{job}] run {run_name}: {info.get('rows', table.num_rows)} sequences on {cfg.num_workers} "
-          f"worker(s) ({'GPU' if cfg.use_gpu else 'CPU'}), checkpoints -> {out.join('ray_train', run_name).uri}",
+          f"worker(s) ({'GPU' if cfg.use_gpu else 'CPU'}), checkpoints -> {out.join('ray_train', run_name).uri}\n"
+          f"[{job}] global batch: {cfg.num_workers} workers x {cfg.per_device_batch_size} per device x "
+          f"{cfg.gradient_accumulation} accumulation = {per_step} {unit} per optimizer step",
           file=console.stream())
     t0 = time.time()
     try:

@@ -25,6 +25,7 @@ from core.config import EngineConfig, StorageConfig
 from core.engines.base import GenResult
 from core.records import DOCUMENT_SCHEMA, Document, documents_to_table
 from core.train_config import DPOJobConfig, PairsConfig, SFTJobConfig
+from ray_jobs.train_data import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = ["lighthouses", "bridges", "rivers", "mountains", "bread", "tea", "clocks", "maps"]
@@ -115,6 +116,13 @@ def test_too_long_sequences_dropped_or_truncated(tmp_path, tokenizer, capsys):
     cfg.on_too_long = "truncate"
     table, info = prepare_sft_data(cfg, None, tokenizer)
     assert table.num_rows == 5 and max(len(x) for x in table.column("input_ids").to_pylist()) == 128
+    # A --max-length that would drop most of the corpus stops the job instead of training on the rest.
+    cfg.on_too_long, cfg.max_length = "drop", 16
+    with pytest.raises(DataError, match=r"5 of 5 sft rows \(100%\) are longer than --max-length 16 tokens"):
+        prepare_sft_data(cfg, None, tokenizer)
+    cfg.max_drop_share = 1.0  # the old behaviour on request: then it fails only when nothing is left
+    with pytest.raises(DataError, match="no training sequences left"):
+        prepare_sft_data(cfg, None, tokenizer)
 
 
 def test_make_pairs_ranks_by_length_score(tmp_path):
