@@ -23,7 +23,7 @@ import pytest
 from core import storage
 from core.config import EngineConfig, StorageConfig
 from core.engines.base import GenResult
-from core.records import DOCUMENT_SCHEMA, Document, documents_to_table
+from core.records import Document, documents_to_table
 from core.train_config import DPOJobConfig, PairsConfig, SFTJobConfig
 from ray_jobs.train_data import DataError
 
