@@ -13,7 +13,9 @@ import json
 import os
 import signal
 import subprocess
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,7 +89,8 @@ def test_bulk_job_commits_each_finished_run_once_through_a_kill(tmp_path: Path) 
            "--endpoint", f"http://127.0.0.1:{server.port}/v1", "--run-id", "lake", "--rows-per-file", "4",
            "--in-flight", "2", "--flush-interval-s", "1", "--table", "corpus.documents", "--catalog", cat,
            "--warehouse", str(wh)]
-    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
+    ray_tmp = tempfile.mkdtemp(prefix="lwlake-")  # short: Ray's socket paths must fit in 107 bytes
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
     while not list((out / "run_id=lake").glob("part-*.parquet")) and time.time() < deadline and job.poll() is None:
@@ -106,3 +109,4 @@ def test_bulk_job_commits_each_finished_run_once_through_a_kill(tmp_path: Path) 
     assert summary["table"]["rows"] == 12 and summary["table"]["snapshot_id"] == table.current_snapshot().snapshot_id
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)  # nothing to do: same rows
     assert again.returncode == 0 and sorted(table.refresh().scan().to_arrow()["id"].to_pylist()) == sorted(t["id"].to_pylist())
+    shutil.rmtree(ray_tmp, ignore_errors=True)
